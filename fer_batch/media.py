@@ -1,0 +1,324 @@
+"""Media sources and frame decoding.
+
+Directories are walked recursively in a deterministic (sorted) order; images are
+decoded with Pillow (EXIF orientation applied, any mode turned into 8-bit RGB);
+videos are decoded as a stream by OpenCV in a background thread, so decoding
+overlaps detection and no video is ever held in memory whole.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fer_batch import defaults
+
+MediaType = Literal["image", "video"]
+
+
+class InputPathError(ValueError):
+    """An input path that does not exist: a usage error, reported before any work."""
+
+
+class MediaError(Exception):
+    """A file that cannot be read; becomes a row of the errors table, the run goes on."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+
+
+@dataclass(frozen=True)
+class MediaSource:
+    path: Path
+    relative: str  # what the output's `source` column shows
+    media_type: MediaType
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Which video frames to annotate: every n-th, or about `target_fps` per second."""
+
+    every_nth: int = defaults.EVERY_NTH_FRAME
+    target_fps: float | None = None
+    max_frames: int | None = None  # per video; None reads to the end
+
+    def __post_init__(self) -> None:
+        if self.every_nth < 1:
+            raise ValueError(f"every-nth must be at least 1, got {self.every_nth}")
+        if self.target_fps is not None and self.target_fps <= 0:
+            raise ValueError(f"target fps must be positive, got {self.target_fps}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max frames must be at least 1, got {self.max_frames}")
+
+
+@dataclass
+class Frame:
+    source: MediaSource
+    index: int  # position in the file (0 for an image)
+    timestamp_s: float
+    rgb: np.ndarray  # (H, W, 3) uint8
+
+
+def media_type_of(path: Path) -> MediaType | None:
+    suffix = path.suffix.lower()
+    if suffix in defaults.IMAGE_SUFFIXES:
+        return "image"
+    if suffix in defaults.VIDEO_SUFFIXES:
+        return "video"
+    return None
+
+
+def _matches(relative: str, patterns: tuple[str, ...]) -> bool:
+    name = relative.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(name, pattern) for pattern in patterns)
+
+
+def discover_sources(
+    paths: list[Path | str],
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+) -> tuple[list[MediaSource], list[tuple[str, str]]]:
+    """Media files under `paths`, in a deterministic order, and files given by name that are not media.
+
+    `source` is the path relative to the walked root (a directory argument) or the
+    file name (a file argument). Patterns match either that relative path or the file
+    name. A path that does not exist raises InputPathError before any work starts.
+    """
+    missing = [str(path) for path in paths if not Path(path).exists()]
+    if missing:
+        raise InputPathError(f"input path does not exist: {', '.join(missing)}")
+    sources: list[MediaSource] = []
+    unsupported: list[tuple[str, str]] = []
+    seen: set[Path] = set()
+    for argument in paths:
+        root = Path(argument)
+        if root.is_dir():
+            candidates = []
+            for directory, subdirectories, files in os.walk(root, followlinks=False):
+                subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+                for file in files:
+                    if not file.startswith("."):
+                        candidates.append(Path(directory) / file)
+            candidates.sort(key=lambda path: path.relative_to(root).as_posix())
+            for path in candidates:
+                relative = path.relative_to(root).as_posix()
+                kind = media_type_of(path)
+                if kind is None or (include and not _matches(relative, include)) or _matches(relative, exclude):
+                    continue
+                if path.resolve() not in seen:
+                    seen.add(path.resolve())
+                    sources.append(MediaSource(path, relative, kind))
+        else:
+            kind = media_type_of(root)
+            if kind is None:
+                unsupported.append((root.name, f"unsupported file type '{root.suffix or '(none)'}'"))
+                continue
+            if _matches(root.name, exclude) or root.resolve() in seen:
+                continue
+            seen.add(root.resolve())
+            sources.append(MediaSource(root, root.name, kind))
+    return _unique_names(sources), unsupported
+
+
+def _unique_names(sources: list[MediaSource]) -> list[MediaSource]:
+    """Two roots can hold the same relative path; qualify repeats with their parent folder."""
+    counts: dict[str, int] = {}
+    for source in sources:
+        counts[source.relative] = counts.get(source.relative, 0) + 1
+    if all(count == 1 for count in counts.values()):
+        return sources
+    result = []
+    used: set[str] = set()
+    for source in sources:
+        name = source.relative
+        if counts[name] > 1:
+            name = f"{source.path.parent.name}/{source.path.name}" if "/" not in name else name
+            suffix = 2
+            base = name
+            while name in used:
+                name, suffix = f"{base}#{suffix}", suffix + 1
+        used.add(name)
+        result.append(MediaSource(source.path, name, source.media_type))
+    return result
+
+
+def check_readable(path: Path) -> None:
+    """Fail fast, with a clear cause, on empty or unreadable files."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except PermissionError as error:
+        raise MediaError("read", f"permission denied: {error.strerror}") from error
+    except OSError as error:
+        raise MediaError("read", f"cannot read file: {error.strerror or error}") from error
+    if size == 0:
+        raise MediaError("read", "empty file (0 bytes)")
+
+
+def to_rgb8(image: Image.Image) -> np.ndarray:
+    """Any Pillow image (palette, gray, RGBA, CMYK, 16-bit) as (H, W, 3) uint8 RGB."""
+    if image.mode.startswith("I;16") or image.mode in {"I", "F"}:
+        array = np.asarray(image, dtype=np.float64)
+        peak = float(array.max()) if array.size else 0.0
+        if image.mode.startswith("I;16") or peak > 255:
+            array = array / (65535.0 if peak <= 65535 else peak) * 255.0
+        gray = np.clip(np.rint(array), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.stack([gray] * 3, axis=-1))
+    if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an image file (first frame of a GIF/TIFF) into upright RGB uint8."""
+    check_readable(path)
+    try:
+        with Image.open(path) as image:
+            image.seek(0)
+            image.load()
+            upright = ImageOps.exif_transpose(image) or image
+            return to_rgb8(upright)
+    except UnidentifiedImageError as error:
+        raise MediaError("decode", "not a readable image (unrecognised or corrupt data)") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise MediaError("decode", f"image decode failed: {error}") from error
+
+
+@dataclass
+class VideoInfo:
+    fps: float
+    frame_count: int  # as the container reports it; may be 0 or approximate
+    width: int
+    height: int
+
+
+def open_video(path: Path) -> tuple[cv2.VideoCapture, VideoInfo]:
+    check_readable(path)
+    capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        capture.release()
+        raise MediaError("decode", "not a readable video (OpenCV/FFmpeg could not open it)")
+    info = VideoInfo(
+        fps=float(capture.get(cv2.CAP_PROP_FPS) or 0.0),
+        frame_count=int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0),
+        width=int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0),
+        height=int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0),
+    )
+    return capture, info
+
+
+class VideoReadReport:
+    """Filled in while a video is read: how many frames, and whether it ended early."""
+
+    def __init__(self) -> None:
+        self.frames_read = 0
+        self.frames_sampled = 0
+        self.info: VideoInfo | None = None
+        self.truncated_message: str | None = None
+
+
+def _wanted(index: int, timestamp_s: float, sampling: SamplingConfig, fps: float, last_bucket: list[int]) -> bool:
+    if sampling.target_fps is not None:
+        effective_fps = fps if fps > 0 else 25.0
+        if sampling.target_fps >= effective_fps:
+            return True
+        bucket = int(np.floor(timestamp_s * sampling.target_fps + 1e-6))
+        if bucket == last_bucket[0]:
+            return False
+        last_bucket[0] = bucket
+        return True
+    return index % sampling.every_nth == 0
+
+
+def iter_video_frames(source: MediaSource, sampling: SamplingConfig, report: VideoReadReport) -> Iterator[Frame]:
+    """Sampled frames of one video, decoded one at a time (skipped frames are only grabbed)."""
+    capture, info = open_video(source.path)
+    report.info = info
+    last_bucket = [-1]
+    try:
+        index = 0
+        while sampling.max_frames is None or report.frames_sampled < sampling.max_frames:
+            if not capture.grab():
+                break
+            report.frames_read += 1
+            position_ms = capture.get(cv2.CAP_PROP_POS_MSEC)
+            timestamp = position_ms / 1000.0 if position_ms and position_ms > 0 else (
+                index / info.fps if info.fps > 0 else float(index)
+            )
+            if index == 0:
+                timestamp = 0.0 if not position_ms or position_ms < 0 else timestamp
+            if _wanted(index, timestamp, sampling, info.fps, last_bucket):
+                ok, bgr = capture.retrieve()
+                if not ok or bgr is None:
+                    break
+                report.frames_sampled += 1
+                yield Frame(source, index, float(timestamp), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            index += 1
+    finally:
+        capture.release()
+    if report.frames_read == 0:
+        raise MediaError("decode", "video has no decodable frames (empty or corrupt stream)")
+    reached_limit = sampling.max_frames is not None and report.frames_sampled >= sampling.max_frames
+    if not reached_limit and info.frame_count > 0 and report.frames_read < 0.95 * info.frame_count - 1:
+        report.truncated_message = (
+            f"video ended early: decoded {report.frames_read} of {info.frame_count} frames the container announces"
+        )
+
+
+_END = object()
+
+
+def background_frames(frames: Iterator[Frame], buffer: int = defaults.DECODE_QUEUE) -> Iterator[Frame]:
+    """Run a frame iterator in a thread so decoding overlaps detection and classification.
+
+    Exceptions raised by the decoder are re-raised in the consumer, in order.
+    """
+    channel: queue.Queue = queue.Queue(maxsize=buffer)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for frame in frames:
+                while not stop.is_set():
+                    try:
+                        channel.put(frame, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            channel.put(_END)
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer
+            channel.put(error)
+
+    thread = threading.Thread(target=produce, name="fer-batch-decoder", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = channel.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                channel.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

@@ -1,0 +1,202 @@
+"""The CNN-GRU emotion network and its checkpoint format.
+
+A CNN encoder turns each 48x48 grayscale crop into a feature vector; a frame head
+gives per-crop logits (the "CNN alone" answer); a GRU runs over a track's sequence
+of features and adds a learned correction to the frame logits, so a still image is
+simply a sequence of one. The correction layer starts at zero, which makes the
+CNN-GRU equal to the CNN before its temporal training stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fer_batch.labels import EMOTIONS
+from fer_batch.preprocess import Preprocessing
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyper-parameters; stored in checkpoints to rebuild the model."""
+
+    stage_channels: tuple[int, ...] = (32, 64, 128, 256)
+    convs_per_stage: tuple[int, ...] = (1, 2, 2, 2)
+    gru_hidden: int = 128
+    dropout: float = 0.3
+    num_classes: int = len(EMOTIONS)
+
+    def to_dict(self) -> dict:
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        values = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+        return cls(**values)
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class CropEncoder(nn.Module):
+    """VGG-style stages (3x3 conv, BN, ReLU, 2x2 max-pool) ending in global average pooling."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = 1
+        for channels, convs in zip(config.stage_channels, config.convs_per_stage):
+            for _ in range(convs):
+                layers += _conv_bn_relu(in_channels, channels)
+                in_channels = channels
+            layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.output_dim = in_channels
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(crops)).flatten(1)
+
+
+class EmotionNet(nn.Module):
+    """CNN encoder + frame head + GRU temporal correction."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = CropEncoder(config)
+        feature_dim = self.encoder.output_dim
+        self.frame_head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(feature_dim, config.num_classes))
+        self.gru = nn.GRU(feature_dim, config.gru_hidden, batch_first=True)
+        self.temporal_head = nn.Linear(config.gru_hidden, config.num_classes)
+        nn.init.zeros_(self.temporal_head.weight)
+        nn.init.zeros_(self.temporal_head.bias)
+
+    def encode(self, crops: torch.Tensor, flip_average: bool = False) -> torch.Tensor:
+        """Features of (N, 1, H, W) crops; with flip_average, the mean over the crop and its mirror."""
+        if not flip_average:
+            return self.encoder(crops)
+        both = torch.cat([crops, crops.flip(-1)], dim=0)
+        features = self.encoder(both)
+        return 0.5 * (features[: crops.shape[0]] + features[crops.shape[0] :])
+
+    def frame_logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.frame_head(features)
+
+    def sequence_logits(
+        self, features: torch.Tensor, hidden: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits for features shaped (B, T, D); returns (logits (B, T, C), last hidden (1, B, H))."""
+        outputs, last_hidden = self.gru(features, hidden)
+        logits = self.frame_head(features) + self.temporal_head(outputs)
+        return logits, last_hidden
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        """Still-image logits: each crop is a sequence of one."""
+        features = self.encode(crops)
+        logits, _ = self.sequence_logits(features.unsqueeze(1))
+        return logits.squeeze(1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def encoder_macs_per_crop(config: ModelConfig, crop_size: int = 48) -> int:
+    """Multiply-accumulates of the encoder for one crop (convolutions dominate)."""
+    macs = 0
+    size = crop_size
+    in_channels = 1
+    for channels, convs in zip(config.stage_channels, config.convs_per_stage):
+        for _ in range(convs):
+            macs += size * size * in_channels * channels * 9
+            in_channels = channels
+        size //= 2
+    return macs
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the model plus what is needed to use or resume it."""
+
+    model: EmotionNet
+    class_names: tuple[str, ...]
+    preprocessing: Preprocessing
+    path: Path | None = None
+    sha256: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path else "<in-memory>"
+
+
+def checkpoint_payload(
+    model: EmotionNet,
+    class_names: tuple[str, ...],
+    preprocessing: Preprocessing,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The dict written to disk: rebuilds the model and carries training state in `extra`."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model_config": model.config.to_dict(),
+        "class_names": list(class_names),
+        "preprocessing": preprocessing.to_dict(),
+        "model_state": model.state_dict(),
+        **extra,
+    }
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    """Atomic save: a crash while writing never corrupts the previous checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(payload, temporary)
+    temporary.replace(path)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Rebuild the model from a checkpoint file; labels and preprocessing come from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise ValueError(f"{path}: not a readable fer-batch checkpoint ({error})") from error
+    if not isinstance(payload, dict) or "model_state" not in payload or "model_config" not in payload:
+        raise ValueError(f"{path}: not a fer-batch checkpoint (missing model_state/model_config)")
+    model = EmotionNet(ModelConfig.from_dict(payload["model_config"]))
+    model.load_state_dict(payload["model_state"])
+    model.eval()
+    known = {"format", "model_config", "class_names", "preprocessing", "model_state"}
+    return Checkpoint(
+        model=model,
+        class_names=tuple(payload["class_names"]),
+        preprocessing=Preprocessing.from_dict(payload["preprocessing"]),
+        path=path,
+        sha256=file_sha256(path),
+        extra={key: value for key, value in payload.items() if key not in known},
+    )

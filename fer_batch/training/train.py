@@ -1,0 +1,355 @@
+"""`fer train`: CNN stage on augmented stills, then GRU stage on synthetic clips.
+
+Stage "frame" trains encoder + frame head; the best epoch on PublicTest (`test/`) is
+kept. Stage "temporal" freezes that encoder and trains the GRU and its correction
+layer on clips built from the training split (see clips.py). Every epoch writes
+`last.pt` (resumable: optimiser, schedule, RNG, stage) and a metrics CSV row; the
+best checkpoint of the run is `best.pt`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fer_batch.labels import EMOTIONS
+from fer_batch.model import EmotionNet, ModelConfig, checkpoint_payload, save_checkpoint
+from fer_batch.preprocess import Preprocessing, normalize_crops
+from fer_batch.runtime import resolve_device
+from fer_batch.training.augment import AugmentConfig, augment_batch
+from fer_batch.training.clips import make_clips
+from fer_batch.training.data import FaceDataset, load_split
+from fer_batch.training.metrics import classification_report
+
+METRIC_COLUMNS = (
+    "epoch", "stage", "lr", "train_loss", "train_accuracy", "test_accuracy", "test_macro_f1",
+    "clip_accuracy", "seconds",
+)
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out_dir: str = "runs/train"
+    epochs: int = 26
+    temporal_epochs: int = 3
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    class_weight_power: float = 0.3  # loss weight per class = (1 / frequency) ** power
+    mixup_alpha: float = 0.0
+    clips_per_epoch: int = 3000
+    clip_length: int = 12
+    seed: int = 0
+    device: str = "auto"
+    limit_train: int | None = None  # smoke runs: use only this many training images
+    limit_test: int | None = None
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(convs_per_stage=(1, 1, 2, 2)))
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["model"] = self.model.to_dict()
+        return data
+
+
+@dataclass
+class TrainResult:
+    best_checkpoint: Path
+    last_checkpoint: Path
+    metrics_csv: Path
+    best_test_accuracy: float
+
+
+def _seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _limit(dataset: FaceDataset, limit: int | None, seed: int) -> FaceDataset:
+    if limit is None or limit >= len(dataset):
+        return dataset
+    indices = np.random.default_rng(seed).permutation(len(dataset))[:limit]
+    return dataset.subset(np.sort(indices))
+
+
+@torch.no_grad()
+def predict_stills(
+    model: EmotionNet, dataset: FaceDataset, preprocessing: Preprocessing, device: torch.device, batch_size: int = 256
+) -> np.ndarray:
+    """CNN-GRU class probabilities of each still (a sequence of one), with the checkpoint's TTA."""
+    model.eval()
+    outputs = []
+    for start in range(0, len(dataset), batch_size):
+        crops = normalize_crops(dataset.images[start : start + batch_size], preprocessing).to(device)
+        features = model.encode(crops, flip_average=preprocessing.tta_flip)
+        logits, _ = model.sequence_logits(features.unsqueeze(1))
+        outputs.append(torch.softmax(logits.squeeze(1).float(), dim=1).cpu())
+    return torch.cat(outputs).numpy()
+
+
+@torch.no_grad()
+def predict_clips(
+    model: EmotionNet, frames: torch.Tensor, preprocessing: Preprocessing, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame labels of (B, T, 1, H, W) clips: (CNN alone, CNN-GRU), each (B, T)."""
+    model.eval()
+    frame_labels, sequence_labels = [], []
+    clips_per_batch = max(1, 256 // frames.shape[1])
+    for start in range(0, frames.shape[0], clips_per_batch):
+        chunk = frames[start : start + clips_per_batch]
+        clips, length = chunk.shape[:2]
+        features = model.encode(chunk.flatten(0, 1).to(device), flip_average=preprocessing.tta_flip)
+        features = features.view(clips, length, -1)
+        frame_labels.append(model.frame_logits(features).argmax(-1).cpu())
+        sequence, _ = model.sequence_logits(features)
+        sequence_labels.append(sequence.argmax(-1).cpu())
+    return torch.cat(frame_labels).numpy(), torch.cat(sequence_labels).numpy()
+
+
+class Trainer:
+    """Runs both stages with per-epoch checkpoints; `resume` continues from last.pt."""
+
+    def __init__(self, config: TrainConfig, log: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.log = log
+        self.out_dir = Path(config.out_dir)
+        self.device = resolve_device(config.device)
+        self.preprocessing = Preprocessing()
+        self.generator = _seed_everything(config.seed)
+        train = load_split(config.data, "train")
+        test = load_split(config.data, "test")
+        self.train_set = _limit(train, config.limit_train, config.seed)
+        self.test_set = _limit(test, config.limit_test, config.seed)
+        self.class_names: tuple[str, ...] = EMOTIONS
+        self.model = EmotionNet(config.model).to(self.device)
+        counts = np.maximum(self.train_set.class_counts(), 1).astype(np.float64)
+        weights = (counts.sum() / counts) ** config.class_weight_power
+        self.class_weights = torch.tensor(weights / weights.mean(), dtype=torch.float32, device=self.device)
+        # Fixed PublicTest clips, so clip accuracy is comparable between epochs.
+        self.test_clips = make_clips(
+            self.test_set, min(400, 4 * len(self.test_set)), config.clip_length, self.preprocessing,
+            torch.Generator().manual_seed(12345),
+        )
+        self.epoch = 0
+        self.stage = "frame"
+        self.best_score = -math.inf
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    # -- set-up of each stage -------------------------------------------------------
+    def _steps_per_epoch(self) -> int:
+        if self.stage == "frame":
+            return max(1, len(self.train_set) // self.config.batch_size)
+        return max(1, self.config.clips_per_epoch // max(1, self.config.batch_size // 4))
+
+    def _start_stage(self, stage: str) -> None:
+        self.stage = stage
+        self.best_score = -math.inf
+        if stage == "frame":
+            parameters = list(self.model.encoder.parameters()) + list(self.model.frame_head.parameters())
+            epochs = self.config.epochs
+        else:
+            for parameter in self.model.parameters():
+                parameter.requires_grad_(False)
+            parameters = list(self.model.gru.parameters()) + list(self.model.temporal_head.parameters())
+            for parameter in parameters:
+                parameter.requires_grad_(True)
+            epochs = self.config.temporal_epochs
+        self.optimizer = torch.optim.AdamW(
+            parameters, lr=self.config.learning_rate, weight_decay=self.config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer,
+            max_lr=self.config.learning_rate if stage == "frame" else self.config.learning_rate / 3,
+            total_steps=max(1, epochs) * self._steps_per_epoch(),
+            pct_start=0.15,
+        )
+
+    # -- checkpoints ------------------------------------------------------------------
+    def _payload(self, metrics: dict) -> dict:
+        return checkpoint_payload(
+            self.model,
+            self.class_names,
+            self.preprocessing,
+            epoch=self.epoch,
+            stage=self.stage,
+            best_score=self.best_score,
+            optimizer_state=self.optimizer.state_dict() if self.optimizer else None,
+            scheduler_state=self.scheduler.state_dict() if self.scheduler else None,
+            rng_state=self.generator.get_state(),
+            torch_rng_state=torch.get_rng_state(),
+            training_config=self.config.to_dict(),
+            metrics=metrics,
+        )
+
+    def resume(self) -> bool:
+        last = self.out_dir / "last.pt"
+        if not last.is_file():
+            return False
+        payload = torch.load(last, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(payload["model_state"])
+        self.epoch = int(payload["epoch"])
+        self._start_stage(payload["stage"])
+        self.best_score = float(payload["best_score"])
+        if payload.get("optimizer_state"):
+            self.optimizer.load_state_dict(payload["optimizer_state"])
+        if payload.get("scheduler_state"):
+            self.scheduler.load_state_dict(payload["scheduler_state"])
+        self.generator.set_state(payload["rng_state"])
+        torch.set_rng_state(payload["torch_rng_state"])
+        self.log(f"resumed from {last}: stage {self.stage}, epoch {self.epoch}")
+        return True
+
+    # -- epochs -----------------------------------------------------------------------
+    def _frame_epoch(self, progress: tqdm) -> tuple[float, float]:
+        self.model.train()
+        order = torch.randperm(len(self.train_set), generator=self.generator).numpy()
+        total_loss, correct, seen = 0.0, 0, 0
+        for step in range(self._steps_per_epoch()):
+            batch = order[step * self.config.batch_size : (step + 1) * self.config.batch_size]
+            crops = augment_batch(
+                normalize_crops(self.train_set.images[batch], self.preprocessing), self.config.augment, self.generator
+            ).to(self.device)
+            targets = torch.from_numpy(self.train_set.labels[batch]).to(self.device)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                if self.config.mixup_alpha > 0:
+                    lam = float(np.random.beta(self.config.mixup_alpha, self.config.mixup_alpha))
+                    perm = torch.randperm(crops.shape[0], generator=self.generator).to(self.device)
+                    logits = self.model.frame_logits(self.model.encode(lam * crops + (1 - lam) * crops[perm]))
+                    loss = lam * self._loss(logits, targets) + (1 - lam) * self._loss(logits, targets[perm])
+                else:
+                    logits = self.model.frame_logits(self.model.encode(crops))
+                    loss = self._loss(logits, targets)
+            self._step(loss)
+            total_loss += float(loss.detach()) * len(batch)
+            correct += int((logits.argmax(1) == targets).sum())
+            seen += len(batch)
+            progress.update(1)
+            progress.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        return total_loss / seen, correct / seen
+
+    def _temporal_epoch(self, progress: tqdm) -> tuple[float, float]:
+        self.model.eval()  # frozen encoder: BatchNorm statistics stay those of the best frame epoch
+        self.model.gru.train()
+        clips_per_step = max(1, self.config.batch_size // 4)
+        total_loss, correct, seen = 0.0, 0, 0
+        for _ in range(self._steps_per_epoch()):
+            clips = make_clips(self.train_set, clips_per_step, self.config.clip_length, self.preprocessing, self.generator)
+            with torch.no_grad():
+                frames = clips.frames.flatten(0, 1).to(self.device)
+                features = self.model.encode(frames, flip_average=self.preprocessing.tta_flip)
+                features = features.view(clips_per_step, self.config.clip_length, -1)
+            targets = clips.labels.to(self.device)
+            logits, _ = self.model.sequence_logits(features)
+            loss = self._loss(logits.flatten(0, 1), targets.flatten())
+            self._step(loss)
+            total_loss += float(loss.detach()) * targets.numel()
+            correct += int((logits.argmax(-1) == targets).sum())
+            seen += targets.numel()
+            progress.update(1)
+            progress.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        return total_loss / seen, correct / seen
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits.float(), targets, weight=self.class_weights, label_smoothing=self.config.label_smoothing
+        )
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def _evaluate(self) -> dict:
+        probabilities = predict_stills(self.model, self.test_set, self.preprocessing, self.device)
+        report = classification_report(self.test_set.labels, probabilities.argmax(1), self.class_names)
+        metrics = {"test_accuracy": report.accuracy, "test_macro_f1": report.macro_f1}
+        if self.stage == "temporal":  # in the frame stage the GRU is untouched, clips add nothing
+            _, sequence_labels = predict_clips(self.model, self.test_clips.frames, self.preprocessing, self.device)
+            metrics["clip_accuracy"] = float((sequence_labels == self.test_clips.labels.numpy()).mean())
+        return metrics
+
+    def _append_metrics(self, row: dict) -> Path:
+        path = self.out_dir / "metrics.csv"
+        new_file = not path.is_file()
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+            if new_file:
+                writer.writeheader()
+            writer.writerow({key: row.get(key, "") for key in METRIC_COLUMNS})
+        return path
+
+    def run(self, resume: bool = False, show_progress: bool = True) -> TrainResult:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if not (resume and self.resume()):
+            self._start_stage("frame")
+        total_epochs = self.config.epochs + self.config.temporal_epochs
+        while self.epoch < total_epochs:
+            if self.stage == "frame" and self.epoch >= self.config.epochs:
+                best = torch.load(self.out_dir / "best.pt", map_location=self.device, weights_only=False)
+                self.model.load_state_dict(best["model_state"])
+                self._start_stage("temporal")
+            started = time.time()
+            description = f"{self.stage} epoch {self.epoch + 1}/{total_epochs}"
+            with tqdm(total=self._steps_per_epoch(), desc=description, disable=not show_progress, leave=False) as bar:
+                run_epoch = self._frame_epoch if self.stage == "frame" else self._temporal_epoch
+                train_loss, train_accuracy = run_epoch(bar)
+            self.epoch += 1
+            metrics = self._evaluate()
+            score = metrics["test_accuracy"] if self.stage == "frame" else (
+                metrics["test_accuracy"] + metrics["clip_accuracy"]
+            ) / 2
+            row = {
+                "epoch": self.epoch, "stage": self.stage, "lr": self.scheduler.get_last_lr()[0],
+                "train_loss": train_loss, "train_accuracy": train_accuracy, "seconds": time.time() - started,
+                **metrics,
+            }
+            improved = score > self.best_score
+            if improved:
+                self.best_score = score
+            payload = self._payload(row)
+            save_checkpoint(payload, self.out_dir / "last.pt")
+            if improved:
+                save_checkpoint(payload, self.out_dir / "best.pt")
+            self._append_metrics(row)
+            self.log(
+                f"{description}: loss {train_loss:.3f} train acc {train_accuracy:.3f} | PublicTest acc "
+                f"{metrics['test_accuracy']:.4f} macro-F1 {metrics['test_macro_f1']:.4f} clip acc "
+                f"{metrics.get('clip_accuracy', float('nan')):.4f} | {row['seconds']:.0f}s{' *best*' if improved else ''}"
+            )
+        best = torch.load(self.out_dir / "best.pt", map_location="cpu", weights_only=False)
+        return TrainResult(
+            self.out_dir / "best.pt", self.out_dir / "last.pt", self.out_dir / "metrics.csv",
+            float(best["metrics"]["test_accuracy"]),
+        )
+
+
+def train(config: TrainConfig, resume: bool = False, show_progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+    return Trainer(config, log=log).run(resume=resume, show_progress=show_progress)
+
+
+def smoke_config(data: str, out_dir: str) -> TrainConfig:
+    """A tiny configuration for tests: a few hundred images, one short epoch per stage."""
+    return replace(
+        TrainConfig(data=data, out_dir=out_dir),
+        epochs=1, temporal_epochs=1, limit_train=384, limit_test=128, clips_per_epoch=64, clip_length=6,
+        batch_size=64, model=ModelConfig(stage_channels=(8, 16, 16, 32), convs_per_stage=(1, 1, 1, 1), gru_hidden=16),
+    )
