@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
-import cv2
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+# FFmpeg prints its own complaints about broken files to stderr; the errors table says it better.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-from fer_batch import defaults
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: E402
+
+from fer_batch import defaults  # noqa: E402
 
 MediaType = Literal["image", "video"]
 
@@ -80,8 +83,13 @@ def media_type_of(path: Path) -> MediaType | None:
 
 
 def _matches(relative: str, patterns: tuple[str, ...]) -> bool:
+    """Case-insensitive, like extensions: '*.mp4' also takes CLIP.MP4."""
+    relative = relative.lower()
     name = relative.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(name, pattern) for pattern in patterns)
+    return any(
+        fnmatch.fnmatchcase(relative, pattern.lower()) or fnmatch.fnmatchcase(name, pattern.lower())
+        for pattern in patterns
+    )
 
 
 def discover_sources(

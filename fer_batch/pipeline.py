@@ -10,7 +10,7 @@ continues with the next file.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Protocol
 
@@ -166,6 +166,17 @@ class Annotator:
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.checkpoint.class_names
+
+    def with_options(self, **changes) -> "Annotator":
+        """A copy with other run options that reuses the loaded model (and detector, if unchanged)."""
+        options = replace(self.options, **changes)
+        if options.device != self.options.device or options.weights != self.options.weights:
+            raise ValueError("with_options cannot change device or weights; build a new Annotator")
+        clone = Annotator.__new__(Annotator)
+        clone.options, clone.device, clone.checkpoint = options, self.device, self.checkpoint
+        same_detector = options.detector == self.options.detector
+        clone.detector = self.detector if same_detector else FaceDetector(options.detector, self.device)
+        return clone
 
     def metadata(self) -> dict[str, str]:
         """What a reader of the output needs to know how it was made."""

@@ -96,7 +96,8 @@ def print_summary(summary: RunSummary, console: Console, max_tracks: int = 30) -
         style = {"ok": None, "partial": "yellow", "error": "red"}.get(row.status)
         table.add_row(
             row.source, row.media_type, row.status, str(row.frames_read), str(row.frames_annotated),
-            str(row.faces), str(row.tracks), row.dominant_emotion or "-", shares or "-", style=style,
+            str(row.faces), str(row.tracks), row.dominant_emotion if isinstance(row.dominant_emotion, str) else "-",
+            shares or "-", style=style,
         )
     console.print(table)
     if len(summary.tracks):

@@ -13,7 +13,7 @@ import csv
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -30,6 +30,9 @@ from fer_batch.training.augment import AugmentConfig, augment_batch
 from fer_batch.training.clips import make_clips
 from fer_batch.training.data import FaceDataset, load_split
 from fer_batch.training.metrics import classification_report
+
+# A tiny network for smoke runs and tests (`fer train --small`).
+SMALL_MODEL = ModelConfig(stage_channels=(8, 16, 16, 32), convs_per_stage=(1, 1, 1, 1), gru_hidden=16)
 
 METRIC_COLUMNS = (
     "epoch", "stage", "lr", "train_loss", "train_accuracy", "test_accuracy", "test_macro_f1",
@@ -297,11 +300,14 @@ class Trainer:
             writer.writerow({key: row.get(key, "") for key in METRIC_COLUMNS})
         return path
 
-    def run(self, resume: bool = False, show_progress: bool = True) -> TrainResult:
+    def run(self, resume: bool = False, show_progress: bool = True, stop_after: int | None = None) -> TrainResult:
+        """Train to the configured end, or only `stop_after` more epochs (continue later with resume)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and self.resume()):
             self._start_stage("frame")
         total_epochs = self.config.epochs + self.config.temporal_epochs
+        if stop_after is not None:
+            total_epochs = min(total_epochs, self.epoch + stop_after)
         while self.epoch < total_epochs:
             if self.stage == "frame" and self.epoch >= self.config.epochs:
                 best = torch.load(self.out_dir / "best.pt", map_location=self.device, weights_only=False)
@@ -342,14 +348,11 @@ class Trainer:
         )
 
 
-def train(config: TrainConfig, resume: bool = False, show_progress: bool = True, log: Callable[[str], None] = print) -> TrainResult:
-    return Trainer(config, log=log).run(resume=resume, show_progress=show_progress)
-
-
-def smoke_config(data: str, out_dir: str) -> TrainConfig:
-    """A tiny configuration for tests: a few hundred images, one short epoch per stage."""
-    return replace(
-        TrainConfig(data=data, out_dir=out_dir),
-        epochs=1, temporal_epochs=1, limit_train=384, limit_test=128, clips_per_epoch=64, clip_length=6,
-        batch_size=64, model=ModelConfig(stage_channels=(8, 16, 16, 32), convs_per_stage=(1, 1, 1, 1), gru_hidden=16),
-    )
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+    stop_after: int | None = None,
+) -> TrainResult:
+    return Trainer(config, log=log).run(resume=resume, show_progress=show_progress, stop_after=stop_after)

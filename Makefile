@@ -1,0 +1,28 @@
+# Two commands do everything on a fresh x86_64 machine with Python 3.11:
+#   make demo   -- set up .venv (once) and annotate the shared example media
+#   make test   -- set up .venv (once) and run the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed
+SHARED ?= ../shared
+
+.PHONY: setup demo test benchmark
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install torch==2.14.1 torchvision==0.29.1
+	# facenet-pytorch pins torch<2.3, numpy<2, Pillow<10.3: install it without those pins.
+	$(VENV)/bin/pip install --no-deps facenet-pytorch==2.6.0
+	$(VENV)/bin/pip install -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fer annotate $(SHARED)/media --out out/demo.parquet
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q
+
+benchmark: $(STAMP)
+	$(VENV)/bin/python benchmarks/annotate_throughput.py

@@ -1,0 +1,156 @@
+"""The `fer` command: a thin Typer layer over the library.
+
+Exit codes: 0 when the run completed (even with per-file errors, which go to the
+errors table), 1 when nothing could be processed, 2 for usage errors (a missing
+input path, an unsupported --out extension, a bad option value).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from fer_batch import defaults
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Batch facial-emotion annotation: faces in images and videos, tracked, with emotion probabilities.",
+)
+
+EXIT_NOTHING_PROCESSED = 1
+EXIT_USAGE = 2
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    """Errors are printed even with --quiet, which only silences progress and summaries."""
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}")
+    return typer.Exit(code)
+
+
+@app.command()
+def annotate(
+    paths: list[Path] = typer.Argument(..., help="Image/video files and folders (walked recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output table: .parquet or .csv. Summary, tracks and errors tables are written beside it."),
+    glob: list[str] = typer.Option([], "--glob", help="Only files whose relative path or name matches (repeatable)."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Skip files whose relative path or name matches (repeatable)."),
+    every_nth: int = typer.Option(defaults.EVERY_NTH_FRAME, "--every-nth", min=1, help="Annotate every n-th video frame."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Annotate about this many frames per second of video (overrides --every-nth)."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Annotate at most this many frames per video."),
+    threshold: float = typer.Option(defaults.DETECTION_THRESHOLD, "--threshold", help="MTCNN final-stage face probability."),
+    min_face_size: int = typer.Option(defaults.MIN_FACE_SIZE, "--min-face-size", min=1, help="Smallest face, in original-frame pixels."),
+    detect_scale: float = typer.Option(defaults.DETECTION_SCALE, "--detect-scale", help="Resize frames by this before detection (0.5 = 4x fewer pixels)."),
+    detect_every: int = typer.Option(defaults.DETECT_EVERY, "--detect-every", min=1, help="Run the detector on every k-th annotated frame; track in between."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    batch_size: int = typer.Option(defaults.BATCH_SIZE, "--batch-size", min=1, help="Face crops per classifier batch."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint to use instead of the shipped weights."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary on the terminal."),
+) -> None:
+    """Detect, track and classify every face in images and videos."""
+    console = Console(stderr=True, quiet=quiet)
+    from fer_batch.api import annotate_to_file, build_options
+    from fer_batch.cli.progress import RichProgress
+    from fer_batch.media import InputPathError, discover_sources
+    from fer_batch.pipeline import Annotator
+    from fer_batch.report import print_summary
+    from fer_batch.writers import OutputPathError, check_output_path
+
+    try:
+        check_output_path(out)
+        options = build_options(
+            device=device, weights=weights, batch_size=batch_size, detection_threshold=threshold,
+            min_face_size=min_face_size, detection_scale=detect_scale, detect_every=detect_every,
+            every_nth=every_nth, target_fps=fps, max_frames=max_frames, include=glob, exclude=exclude,
+        )
+        sources, unsupported = discover_sources(paths, options.include, options.exclude)
+    except (InputPathError, OutputPathError, ValueError) as error:
+        raise _fail(str(error))
+    if not sources and not unsupported:
+        raise _fail("no images or videos found under the given paths", EXIT_NOTHING_PROCESSED)
+    try:
+        annotator = Annotator(options)
+    except (FileNotFoundError, ValueError) as error:
+        raise _fail(str(error))
+    with RichProgress(console, enabled=not quiet) as progress:
+        result = annotate_to_file(paths, out, annotator=annotator, progress=progress)
+    print_summary(result.summary, console)
+    console.print(
+        f"wrote {result.rows} rows to [bold]{result.out_path}[/]; summary {result.summary_path.name}, "
+        f"tracks {result.tracks_path.name}, errors {result.errors_path.name}"
+    )
+    if result.summary.totals["sources_ok"] == 0:
+        raise typer.Exit(EXIT_NOTHING_PROCESSED)
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="fer2013.csv or an image-folder root with train/ and test/."),
+    out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: last.pt, best.pt, metrics.csv."),
+    epochs: int = typer.Option(26, "--epochs", min=1, help="CNN epochs on augmented stills."),
+    temporal_epochs: int = typer.Option(3, "--temporal-epochs", min=0, help="GRU epochs on synthetic clips."),
+    batch_size: int = typer.Option(128, "--batch-size", min=2),
+    learning_rate: float = typer.Option(3e-3, "--lr", help="Peak learning rate of the one-cycle schedule."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (AMP is used on CUDA)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
+    limit_train: Optional[int] = typer.Option(None, "--limit-train", min=1, help="Use only this many training images (smoke runs)."),
+    limit_test: Optional[int] = typer.Option(None, "--limit-test", min=1, help="Use only this many PublicTest images."),
+    clips_per_epoch: int = typer.Option(3000, "--clips-per-epoch", min=1),
+    small: bool = typer.Option(False, "--small", help="A tiny network, for smoke tests."),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help="Stop after this many epochs; continue later with --resume."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train the CNN-GRU on FER2013 (best epoch chosen on PublicTest, never trained on)."""
+    from dataclasses import replace
+
+    from fer_batch.training.data import DatasetError
+    from fer_batch.training.train import SMALL_MODEL, TrainConfig, train as run_training
+
+    console = Console(stderr=True, quiet=quiet)
+    config = TrainConfig(
+        data=str(data), out_dir=str(out), epochs=epochs, temporal_epochs=temporal_epochs, batch_size=batch_size,
+        learning_rate=learning_rate, seed=seed, device=device, limit_train=limit_train, limit_test=limit_test,
+        clips_per_epoch=clips_per_epoch,
+    )
+    if small:
+        config = replace(config, model=SMALL_MODEL)
+    try:
+        result = run_training(config, resume=resume, show_progress=not quiet, log=console.print, stop_after=stop_after)
+    except (DatasetError, ValueError) as error:
+        raise _fail(str(error))
+    console.print(f"best checkpoint {result.best_checkpoint} (PublicTest accuracy {result.best_test_accuracy:.4f})")
+
+
+@app.command()
+def evaluate(
+    data: Path = typer.Option(..., "--data", help="fer2013.csv, an image-folder root, or a folder of <emotion>/ images."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint (default: the shipped weights)."),
+    split: Optional[str] = typer.Option(None, "--split", help="train, test, private (CSV) or a subfolder; default: test if present."),
+    out: Path = typer.Option(Path("results/evaluation"), "--out", help="Folder for metrics, confusion matrix, samples."),
+    detect: bool = typer.Option(False, "--detect", help="Images are whole photos: detect and crop the largest face first."),
+    sequence: bool = typer.Option(True, "--sequence/--no-sequence", help="Also score synthetic clips (CNN vs CNN-GRU)."),
+    device: str = typer.Option("auto", "--device"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only this many images."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Accuracy, per-class precision/recall/F1, confusion matrix and sample grid."""
+    from fer_batch.training.data import DatasetError
+    from fer_batch.training.evaluate import evaluate as run_evaluation, print_evaluation
+
+    console = Console(stderr=True, quiet=quiet)
+    try:
+        result = run_evaluation(
+            data=data, weights=weights, split=split, out_dir=out, detect=detect, sequence=sequence,
+            device=device, limit=limit, show_progress=not quiet,
+        )
+    except (DatasetError, FileNotFoundError, ValueError) as error:
+        raise _fail(str(error))
+    print_evaluation(result, console)
+
+
+def main() -> None:
+    app()

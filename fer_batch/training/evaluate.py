@@ -1,0 +1,246 @@
+"""`fer evaluate`: metrics, confusion matrix, sample grid and clip stability of a checkpoint.
+
+Faces come either pre-cropped (FER2013 CSV or <emotion>/ image folders) or, with
+`detect=True`, from whole photos in <emotion>/ folders, cut by the same detection
+and alignment code as `fer annotate`; a photo with no face is an error, reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from tqdm import tqdm
+
+from fer_batch import defaults
+from fer_batch.labels import EMOTIONS, emotion_index
+from fer_batch.model import Checkpoint, load_checkpoint
+from fer_batch.plots import confusion_matrix_png, per_class_bars_png, sample_grid_png
+from fer_batch.runtime import resolve_device
+from fer_batch.training.clips import make_clips
+from fer_batch.training.data import IMAGE_SUFFIXES, DatasetError, FaceDataset, load_split
+from fer_batch.training.metrics import ClassificationReport, classification_report, flicker_per_100
+from fer_batch.training.train import predict_clips, predict_stills
+
+SEQUENCE_CLIPS = 600
+SEQUENCE_LENGTH = 12
+
+
+@dataclass
+class EvaluationResult:
+    report: ClassificationReport
+    out_dir: Path
+    checkpoint: Checkpoint
+    data: str
+    split: str
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    sequence: dict | None = None
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def resolve_split(data: Path, split: str | None) -> str | None:
+    """Which split to score: the one asked for, else `test/` when present, else PATH itself."""
+    if split or data.is_file():
+        return split or "test"
+    if (data / "test").is_dir():
+        return "test"
+    if any(child.is_dir() and child.name.lower() in EMOTIONS for child in data.iterdir()):
+        return None
+    candidates = [child for child in data.iterdir() if child.is_dir()]
+    if len(candidates) == 1:
+        return candidates[0].name
+    raise DatasetError(f"{data}: no <emotion>/ folders and no test/ split; pass --split")
+
+
+def detect_dataset(
+    root: Path, checkpoint: Checkpoint, device: torch.device, show_progress: bool
+) -> tuple[FaceDataset, list[tuple[str, str]]]:
+    """Crops of the largest face of each photo under <emotion>/ folders; errors for photos without one."""
+    from fer_batch.detection import FaceDetector
+    from fer_batch.media import MediaError, read_image
+    from fer_batch.preprocess import align_face, to_grayscale
+
+    detector = FaceDetector(device=device)
+    files: list[tuple[Path, int]] = []
+    for folder in sorted(child for child in root.iterdir() if child.is_dir()):
+        try:
+            label = emotion_index(folder.name, checkpoint.class_names)
+        except KeyError as error:
+            raise DatasetError(f"{folder}: folder is not an emotion name ({error})") from error
+        files += [(path, label) for path in sorted(folder.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise DatasetError(f"{root}: no images under <emotion>/ folders")
+    crops, labels, names, errors = [], [], [], []
+    for path, label in tqdm(files, desc="detect", disable=not show_progress):
+        name = str(path.relative_to(root))
+        try:
+            rgb = read_image(path)
+        except MediaError as error:
+            errors.append((name, error.message))
+            continue
+        detections = detector.detect([rgb])[0]
+        if not detections:
+            errors.append((name, "no face detected"))
+            continue
+        largest = max(detections, key=lambda detection: detection.area)
+        crops.append(align_face(to_grayscale(rgb), largest.landmarks, checkpoint.preprocessing))
+        labels.append(label)
+        names.append(name)
+    if not crops:
+        raise DatasetError(f"{root}: no face found in any of {len(files)} photos")
+    size = checkpoint.preprocessing.crop_size
+    dataset = FaceDataset(
+        np.stack(crops).reshape(-1, size, size), np.array(labels, np.int64), checkpoint.class_names, root.name, names
+    )
+    return dataset, errors
+
+
+def sequence_metrics(checkpoint: Checkpoint, dataset: FaceDataset, device: torch.device, seed: int = 2024) -> dict:
+    """Accuracy and flicker on synthetic clips built from `dataset`: CNN alone vs CNN-GRU."""
+    clips = make_clips(
+        dataset, SEQUENCE_CLIPS, SEQUENCE_LENGTH, checkpoint.preprocessing, torch.Generator().manual_seed(seed)
+    )
+    frame_labels, sequence_labels = predict_clips(checkpoint.model.to(device), clips.frames, checkpoint.preprocessing, device)
+    truth = clips.labels.numpy()
+    steady = ~clips.is_transition.numpy()
+    return {
+        "clips": SEQUENCE_CLIPS,
+        "frames_per_clip": SEQUENCE_LENGTH,
+        "transition_clips": int((~steady).sum()),
+        "true_changes_per_100_frames": flicker_per_100(truth),
+        "cnn": {
+            "accuracy": float((frame_labels == truth).mean()),
+            "flicker_per_100_frames": flicker_per_100(frame_labels),
+            "steady_clip_flicker_per_100_frames": flicker_per_100(frame_labels[steady]),
+        },
+        "cnn_gru": {
+            "accuracy": float((sequence_labels == truth).mean()),
+            "flicker_per_100_frames": flicker_per_100(sequence_labels),
+            "steady_clip_flicker_per_100_frames": flicker_per_100(sequence_labels[steady]),
+        },
+    }
+
+
+def evaluate(
+    data: Path | str,
+    weights: Path | str | None = None,
+    split: str | None = None,
+    out_dir: Path | str = Path("results/evaluation"),
+    detect: bool = False,
+    sequence: bool = True,
+    device: str = "auto",
+    limit: int | None = None,
+    show_progress: bool = True,
+) -> EvaluationResult:
+    data = Path(data)
+    if not data.exists():
+        raise DatasetError(f"{data}: dataset path does not exist")
+    out_dir = Path(out_dir)
+    torch_device = resolve_device(device)
+    checkpoint = load_checkpoint(Path(weights) if weights else defaults.default_weights_path())
+    model = checkpoint.model.to(torch_device)
+    errors: list[tuple[str, str]] = []
+    if detect:
+        root = data / split if split else data
+        dataset, errors = detect_dataset(root, checkpoint, torch_device, show_progress)
+        split_name = split or root.name
+    else:
+        split_name = resolve_split(data, split)
+        dataset = load_split(data, split_name, size=checkpoint.preprocessing.crop_size, class_names=checkpoint.class_names)
+        split_name = split_name or dataset.split
+    if limit is not None and limit < len(dataset):  # a seeded random subset keeps every class
+        dataset = dataset.subset(np.sort(np.random.default_rng(0).permutation(len(dataset))[:limit]))
+    probabilities = predict_stills(model, dataset, checkpoint.preprocessing, torch_device)
+    predicted = probabilities.argmax(1)
+    report = classification_report(dataset.labels, predicted, checkpoint.class_names)
+    result = EvaluationResult(report, out_dir, checkpoint, str(data), split_name, errors)
+    if sequence and len(dataset) >= 2 and len(np.unique(dataset.labels)) >= 2:
+        result.sequence = sequence_metrics(checkpoint, dataset, torch_device)
+    _write_artifacts(result, dataset, predicted, probabilities)
+    return result
+
+
+def _write_artifacts(result: EvaluationResult, dataset: FaceDataset, predicted: np.ndarray, probabilities: np.ndarray) -> None:
+    out = result.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    report = result.report
+    names = report.class_names
+    metrics = {
+        "weights": result.checkpoint.name,
+        "weights_sha256": result.checkpoint.sha256,
+        "data": result.data,
+        "split": result.split,
+        "tta_flip": result.checkpoint.preprocessing.tta_flip,
+        **report.to_dict(),
+        "detection_errors": len(result.errors),
+        "sequence": result.sequence,
+    }
+    files = result.files
+    files["metrics"] = out / "metrics.json"
+    files["metrics"].write_text(json.dumps(metrics, indent=2))
+    files["confusion_csv"] = out / "confusion_matrix.csv"
+    with open(files["confusion_csv"], "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["true \\ predicted", *names])
+        for name, row in zip(names, report.confusion):
+            writer.writerow([name, *row.tolist()])
+    files["per_class_csv"] = out / "per_class.csv"
+    with open(files["per_class_csv"], "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["emotion", "precision", "recall", "f1", "support"])
+        for index, name in enumerate(names):
+            writer.writerow(
+                [name, f"{report.precision[index]:.4f}", f"{report.recall[index]:.4f}", f"{report.f1[index]:.4f}",
+                 int(report.support[index])]
+            )
+    files["predictions_csv"] = out / "predictions.csv"
+    with open(files["predictions_csv"], "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "true", "predicted", "confidence", *[f"prob_{name}" for name in names]])
+        for index in range(len(dataset)):
+            writer.writerow(
+                [dataset.names[index], names[dataset.labels[index]], names[predicted[index]],
+                 f"{probabilities[index, predicted[index]]:.4f}", *[f"{p:.4f}" for p in probabilities[index]]]
+            )
+    files["errors_csv"] = out / "errors.csv"
+    with open(files["errors_csv"], "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "message"])
+        writer.writerows(result.errors)
+    files["confusion_png"] = confusion_matrix_png(report, out / "confusion_matrix.png")
+    files["per_class_png"] = per_class_bars_png(report, out / "per_class.png")
+    confidence = probabilities[np.arange(len(predicted)), predicted]
+    files["samples_png"] = sample_grid_png(dataset.images, dataset.labels, predicted, confidence, names, out / "samples.png")
+
+
+def print_evaluation(result: EvaluationResult, console: Console) -> None:
+    report = result.report
+    table = Table(title=escape(f"{result.checkpoint.name} on {result.data} [{result.split}]"))
+    for column in ("emotion", "precision", "recall", "F1", "support"):
+        table.add_column(column, justify="right" if column != "emotion" else "left")
+    for index, name in enumerate(report.class_names):
+        table.add_row(
+            name, f"{report.precision[index]:.3f}", f"{report.recall[index]:.3f}", f"{report.f1[index]:.3f}",
+            str(int(report.support[index])),
+        )
+    console.print(table)
+    console.print(
+        f"accuracy [bold]{report.accuracy:.2%}[/] on {int(report.support.sum())} faces, macro-F1 {report.macro_f1:.4f}"
+    )
+    if result.errors:
+        console.print(f"[yellow]{len(result.errors)} images had no usable face (listed in errors.csv)[/]")
+    if result.sequence:
+        cnn, gru = result.sequence["cnn"], result.sequence["cnn_gru"]
+        console.print(
+            f"clips: CNN accuracy {cnn['accuracy']:.2%}, flicker {cnn['flicker_per_100_frames']:.1f}/100 frames | "
+            f"CNN-GRU accuracy {gru['accuracy']:.2%}, flicker {gru['flicker_per_100_frames']:.1f}/100 frames "
+            f"(true changes {result.sequence['true_changes_per_100_frames']:.1f}/100)"
+        )
+    console.print(f"wrote {', '.join(path.name for path in result.files.values())} to {result.out_dir}")

@@ -1,0 +1,147 @@
+"""Smoke training, resume, checkpoint reload, evaluation artefacts, and the CSV form of FER2013."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fer_batch.cli import app
+from fer_batch.labels import EMOTIONS
+from fer_batch.model import load_checkpoint
+from fer_batch.training.data import load_split
+
+runner = CliRunner()
+ARTEFACTS = (
+    "metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "per_class.csv", "per_class.png",
+    "predictions.csv", "samples.png", "errors.csv",
+)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, fer_dir) -> Path:
+    """Two small CNN epochs and one GRU epoch, interrupted after the first and resumed."""
+    out = tmp_path_factory.mktemp("train")
+    common = [
+        "train", "--data", str(fer_dir), "--out", str(out), "--small", "--epochs", "2", "--temporal-epochs", "1",
+        "--limit-train", "640", "--limit-test", "160", "--clips-per-epoch", "64", "--batch-size", "64",
+        "--device", "cpu", "--quiet",
+    ]
+    first = runner.invoke(app, [*common, "--stop-after", "1"])
+    assert first.exit_code == 0, first.output
+    assert len(pd.read_csv(out / "metrics.csv")) == 1
+    second = runner.invoke(app, [*common, "--resume"])
+    assert second.exit_code == 0, second.output
+    return out
+
+
+def test_training_loss_falls_and_stages_run_in_order(trained_run):
+    metrics = pd.read_csv(trained_run / "metrics.csv")
+    assert metrics.epoch.tolist() == [1, 2, 3]
+    assert metrics.stage.tolist() == ["frame", "frame", "temporal"]
+    assert metrics.train_loss[1] < metrics.train_loss[0]
+    assert metrics.clip_accuracy.notna().tolist() == [False, False, True]
+
+
+def test_checkpoint_rebuilds_the_model_and_carries_training_state(trained_run):
+    checkpoint = load_checkpoint(trained_run / "last.pt")
+    assert checkpoint.class_names == EMOTIONS
+    assert checkpoint.preprocessing.crop_size == 48
+    extra = checkpoint.extra
+    assert extra["epoch"] == 3 and extra["stage"] == "temporal"
+    assert extra["optimizer_state"]["state"] and extra["training_config"]["limit_train"] == 640
+    probabilities = torch.softmax(checkpoint.model(torch.zeros(2, 1, 48, 48)), dim=1)
+    assert probabilities.shape == (2, 7) and torch.allclose(probabilities.sum(1), torch.ones(2))
+    # The temporal stage changed the GRU correction but not the frozen encoder of the best frame epoch.
+    best = torch.load(trained_run / "best.pt", weights_only=False)
+    assert torch.count_nonzero(best["model_state"]["temporal_head.weight"]) > 0
+
+
+def test_evaluate_writes_every_artefact(trained_run, fer_dir, tmp_path):
+    out = tmp_path / "evaluation"
+    result = runner.invoke(
+        app, ["evaluate", "--weights", str(trained_run / "best.pt"), "--data", str(fer_dir), "--limit", "300",
+              "--out", str(out), "--device", "cpu", "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    for name in ARTEFACTS:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert metrics["count"] == len(predictions) == 300
+    assert metrics["accuracy"] == pytest.approx((predictions.true == predictions.predicted).mean())
+    assert np.array(metrics["confusion_matrix"]).sum() == 300
+    sequence = metrics["sequence"]
+    assert set(sequence) >= {"cnn", "cnn_gru", "true_changes_per_100_frames"}
+    assert 0 <= sequence["cnn_gru"]["accuracy"] <= 1
+
+
+def _fer_csv(fer_dir: Path, path: Path, per_class: int = 3) -> list[tuple[str, str, Path]]:
+    """A fer2013.csv built from a few PNGs of each split: (usage, emotion, png) per row."""
+    rows = []
+    for usage, split in (("Training", "train"), ("PublicTest", "test")):
+        for emotion in EMOTIONS:
+            for png in sorted((fer_dir / split / emotion).glob("*.png"))[:per_class]:
+                rows.append((usage, emotion, png))
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["emotion", "pixels", "Usage"])
+        for usage, emotion, png in rows:
+            pixels = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE)
+            writer.writerow([EMOTIONS.index(emotion), " ".join(map(str, pixels.flatten())), usage])
+    return rows
+
+
+def test_csv_and_folder_forms_load_the_same_faces(fer_dir, tmp_path):
+    rows = _fer_csv(fer_dir, tmp_path / "fer2013.csv")
+    from_csv = load_split(tmp_path / "fer2013.csv", "test", cache_dir=tmp_path / "cache")
+    expected = [(emotion, png) for usage, emotion, png in rows if usage == "PublicTest"]
+    assert len(from_csv) == len(expected) == 21
+    for index, (emotion, png) in enumerate(expected):
+        assert EMOTIONS[from_csv.labels[index]] == emotion
+        assert np.array_equal(from_csv.images[index], cv2.imread(str(png), cv2.IMREAD_GRAYSCALE))
+    cached = load_split(tmp_path / "fer2013.csv", "test", cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1 and np.array_equal(cached.images, from_csv.images)
+
+
+def test_evaluate_accepts_the_csv_form(trained_run, fer_dir, tmp_path):
+    _fer_csv(fer_dir, tmp_path / "fer2013.csv")
+    result = runner.invoke(
+        app, ["evaluate", "--weights", str(trained_run / "best.pt"), "--data", str(tmp_path / "fer2013.csv"),
+              "--split", "test", "--out", str(tmp_path / "eval"), "--quiet", "--no-sequence"],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["count"] == 21
+
+
+def test_evaluate_detect_scores_largest_face_and_reports_photos_without_one(trained_run, media_dir, tmp_path):
+    import shutil
+
+    photos = tmp_path / "photos"
+    (photos / "neutral").mkdir(parents=True)
+    (photos / "happy").mkdir()
+    for portrait in sorted(media_dir.glob("portrait-*.jpg"))[:2]:
+        shutil.copy(portrait, photos / "neutral" / portrait.name)
+    cv2.imwrite(str(photos / "happy" / "wall.jpg"), np.full((200, 300, 3), 128, np.uint8))
+    result = runner.invoke(
+        app, ["evaluate", "--weights", str(trained_run / "best.pt"), "--data", str(photos), "--detect",
+              "--out", str(tmp_path / "eval"), "--quiet", "--no-sequence"],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["count"] == 2 and metrics["detection_errors"] == 1
+    errors = pd.read_csv(tmp_path / "eval" / "errors.csv")
+    assert errors.to_dict("records") == [{"image": "happy/wall.jpg", "message": "no face detected"}]
+
+
+def test_training_rejects_a_path_that_is_not_fer2013(tmp_path):
+    (tmp_path / "cats").mkdir()
+    result = runner.invoke(app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 2 and str(tmp_path) in result.output
