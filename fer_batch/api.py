@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -104,12 +105,17 @@ def annotate_to_file(
     check_output_path(out_path)
     annotator = annotator or Annotator(build_options(**options))
     run = annotator.run([Path(path) for path in paths], progress=progress)
-    metadata = annotator.metadata()
+    metadata = annotator.metadata(run)
     writer = AnnotationWriter(out_path, annotator.class_names, metadata)
     try:
         writer.write_all(run)
         summary = summarize(run)
         names = annotator.class_names
+        metadata = {
+            **metadata,
+            "fer_batch.inputs": json.dumps([str(path) for path in paths]),
+            "fer_batch.elapsed_s": f"{run.elapsed_s:.3f}",
+        }
         summary_path = write_table_atomic(
             summary.sources, companion_path(out_path, "summary"), source_summary_schema(names), metadata
         )
@@ -117,7 +123,7 @@ def annotate_to_file(
             summary.tracks, companion_path(out_path, "tracks"), track_summary_schema(names), metadata
         )
         errors_path = write_table_atomic(summary.errors, companion_path(out_path, "errors"), ERROR_SCHEMA, metadata)
-        writer.commit()
+        writer.commit(metadata)
     except BaseException:
         writer.abort()
         raise

@@ -27,3 +27,18 @@ def emotion_index(name: str, class_names: tuple[str, ...] = EMOTIONS) -> int:
         if candidate == lowered:
             return index
     raise KeyError(f"unknown emotion {name!r}; expected one of {', '.join(class_names)}")
+
+# Fixed colour per emotion (RGB hex), shared by rendered videos, report plots and bars.
+EMOTION_COLORS: dict[str, str] = {
+    "angry": "#d62728",
+    "disgust": "#6b8e23",
+    "fear": "#9467bd",
+    "happy": "#f2b701",
+    "sad": "#1f77b4",
+    "surprise": "#ff7f0e",
+    "neutral": "#7f7f7f",
+}
+
+
+def emotion_color(name: str) -> str:
+    return EMOTION_COLORS.get(name, "#444444")

@@ -178,11 +178,13 @@ class Annotator:
         clone.detector = self.detector if same_detector else FaceDetector(options.detector, self.device)
         return clone
 
-    def metadata(self) -> dict[str, str]:
-        """What a reader of the output needs to know how it was made."""
+    def metadata(self, run: "AnnotationRun | None" = None) -> dict[str, str]:
+        """What a reader of the output needs to know how it was made (and where its media are)."""
         import json
 
+        sources = {source.relative: str(source.path.resolve()) for source in run.sources} if run else {}
         return {
+            "fer_batch.source_paths": json.dumps(sources),
             "fer_batch.version": __version__,
             "fer_batch.weights": self.checkpoint.name,
             "fer_batch.weights_sha256": self.checkpoint.sha256 or "",

@@ -120,7 +120,8 @@ class AnnotationWriter:
             self._csv_started = True
         self.rows_written += table.num_rows
 
-    def commit(self) -> Path:
+    def commit(self, final_metadata: dict[str, str] | None = None) -> Path:
+        """Finish and rename into place; `final_metadata` (known only at the end) goes to CSV's meta.json."""
         if self._buffer or self.rows_written == 0:
             if self._buffer:
                 self._flush()
@@ -130,7 +131,7 @@ class AnnotationWriter:
             self._parquet.close()
         os.replace(self._temporary, self.out_path)
         if self.format == "csv":
-            write_json_atomic(self.out_path.with_name(f"{self.out_path.stem}.meta.json"), self.metadata)
+            write_json_atomic(self.out_path.with_name(f"{self.out_path.stem}.meta.json"), final_metadata or self.metadata)
         return self.out_path
 
     def abort(self) -> None:

@@ -21,7 +21,7 @@ from fer_batch.training.data import load_split
 runner = CliRunner()
 ARTEFACTS = (
     "metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "per_class.csv", "per_class.png",
-    "predictions.csv", "samples.png", "errors.csv",
+    "predictions.csv", "samples.png", "errors.csv", "index.html",
 )
 
 

@@ -48,6 +48,8 @@ def annotate(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(defaults.BATCH_SIZE, "--batch-size", min=1, help="Face crops per classifier batch."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint to use instead of the shipped weights."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report here."),
+    render: Optional[Path] = typer.Option(None, "--render", help="Also write annotated copies of the inputs into this folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary on the terminal."),
 ) -> None:
     """Detect, track and classify every face in images and videos."""
@@ -61,6 +63,8 @@ def annotate(
 
     try:
         check_output_path(out)
+        if report is not None and report.suffix.lower() not in {".html", ".htm"}:
+            raise ValueError(f"--report must name an .html file, got {report}")
         options = build_options(
             device=device, weights=weights, batch_size=batch_size, detection_threshold=threshold,
             min_face_size=min_face_size, detection_scale=detect_scale, detect_every=detect_every,
@@ -82,8 +86,46 @@ def annotate(
         f"wrote {result.rows} rows to [bold]{result.out_path}[/]; summary {result.summary_path.name}, "
         f"tracks {result.tracks_path.name}, errors {result.errors_path.name}"
     )
+    if report is not None or render is not None:
+        _report_and_render(out, report, render, console, elapsed_s=result.summary.elapsed_s)
     if result.summary.totals["sources_ok"] == 0:
         raise typer.Exit(EXIT_NOTHING_PROCESSED)
+
+
+def _report_and_render(
+    results: Path, report: Optional[Path], render: Optional[Path], console: Console, elapsed_s: float | None = None
+) -> None:
+    from fer_batch.html_report import build_report, load_run
+    from fer_batch.render import render_run
+
+    tables = load_run(results)
+    if report is not None:
+        with console.status("writing the HTML report"):
+            build_report(tables, report, elapsed_s=elapsed_s)
+        console.print(f"report: [bold]{report}[/]")
+    if render is not None:
+        with console.status("rendering annotated copies"):
+            written, failed = render_run(tables, render)
+        console.print(f"rendered {len(written)} annotated files into [bold]{render}[/]")
+        for source, reason in failed:
+            Console(stderr=True).print(f"[yellow]could not render {escape(source)}: {escape(reason)}[/]")
+
+
+@app.command("report")
+def report_command(
+    results: Path = typer.Argument(..., help="A results.parquet or results.csv written by `fer annotate`."),
+    out: Path = typer.Option(Path("report.html"), "--out", "-o", help="The HTML file to write."),
+    render: Optional[Path] = typer.Option(None, "--render", help="Also write annotated copies of the inputs here."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """HTML report (and optionally annotated media) for an existing annotate output."""
+    console = Console(stderr=True, quiet=quiet)
+    if out.suffix.lower() not in {".html", ".htm"}:
+        raise _fail(f"--out must name an .html file, got {out}")
+    try:
+        _report_and_render(results, out, render, console)
+    except FileNotFoundError as error:
+        raise _fail(str(error))
 
 
 @app.command()

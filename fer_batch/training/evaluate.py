@@ -218,6 +218,56 @@ def _write_artifacts(result: EvaluationResult, dataset: FaceDataset, predicted: 
     files["per_class_png"] = per_class_bars_png(report, out / "per_class.png")
     confidence = probabilities[np.arange(len(predicted)), predicted]
     files["samples_png"] = sample_grid_png(dataset.images, dataset.labels, predicted, confidence, names, out / "samples.png")
+    files["index_html"] = _index_html(result, out / "index.html")
+
+
+def _index_html(result: EvaluationResult, path: Path) -> Path:
+    """One page tying the figures and tables together (figures inlined: it opens offline, alone)."""
+    import base64
+    import html
+
+    report = result.report
+
+    def figure(name: str, caption: str) -> str:
+        data = base64.b64encode(result.files[name].read_bytes()).decode()
+        return f"<figure><img src='data:image/png;base64,{data}' alt='{caption}'><figcaption>{caption}</figcaption></figure>"
+
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{report.precision[i]:.3f}</td><td>{report.recall[i]:.3f}</td>"
+        f"<td>{report.f1[i]:.3f}</td><td>{int(report.support[i])}</td></tr>"
+        for i, name in enumerate(report.class_names)
+    )
+    sequence = ""
+    if result.sequence:
+        cnn, gru = result.sequence["cnn"], result.sequence["cnn_gru"]
+        sequence = (
+            "<h2>Synthetic clips (stability)</h2><table><tr><th></th><th>accuracy</th><th>flicker / 100 frames</th>"
+            "<th>flicker on steady clips</th></tr>"
+            f"<tr><td>CNN alone</td><td>{cnn['accuracy']:.2%}</td><td>{cnn['flicker_per_100_frames']:.1f}</td>"
+            f"<td>{cnn['steady_clip_flicker_per_100_frames']:.1f}</td></tr>"
+            f"<tr><td>CNN-GRU</td><td>{gru['accuracy']:.2%}</td><td>{gru['flicker_per_100_frames']:.1f}</td>"
+            f"<td>{gru['steady_clip_flicker_per_100_frames']:.1f}</td></tr></table>"
+            f"<p>{result.sequence['clips']} clips of {result.sequence['frames_per_clip']} frames; true label changes "
+            f"{result.sequence['true_changes_per_100_frames']:.1f} per 100 frames.</p>"
+        )
+    page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>fer-batch evaluation</title>
+<style>body{{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}}
+table{{border-collapse:collapse;font-size:14px}}td,th{{padding:4px 10px;border-bottom:1px solid #eee;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}figure{{margin:16px 0}}</style></head><body>
+<h1>Evaluation of {html.escape(result.checkpoint.name)}</h1>
+<p>data <code>{html.escape(result.data)}</code>, split <code>{html.escape(str(result.split))}</code>,
+{int(report.support.sum())} faces{f", {len(result.errors)} photos without a usable face (errors.csv)" if result.errors else ""};
+weights sha256 <code>{html.escape(result.checkpoint.sha256 or "")}</code>.</p>
+<h2>Accuracy {report.accuracy:.2%} · macro-F1 {report.macro_f1:.4f}</h2>
+<table><tr><th>emotion</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{rows}</table>
+{figure("confusion_png", "Confusion matrix: counts and row-normalised")}
+{figure("per_class_png", "Per-class precision, recall and F1")}
+{sequence}
+{figure("samples_png", "Sample predictions, right (green) and wrong (red)")}
+<p>Files: metrics.json, per_class.csv, confusion_matrix.csv, predictions.csv, errors.csv.</p>
+</body></html>"""
+    path.write_text(page, encoding="utf-8")
+    return path
 
 
 def print_evaluation(result: EvaluationResult, console: Console) -> None:

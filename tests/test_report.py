@@ -1,0 +1,126 @@
+"""The HTML report, annotated renders and `fer report`, on a small real run with one bad file."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from fer_batch.cli import app
+
+runner = CliRunner()
+VIDEO_FRAMES = 8
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.text: list[str] = []
+        self.images: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if "id" in attributes:
+            self.ids.add(attributes["id"])
+        if tag == "img":
+            self.images.append(attributes.get("src", ""))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def reported_run(tmp_path_factory, media_dir, shipped_weights):
+    folder = tmp_path_factory.mktemp("inputs")
+    shutil.copy(media_dir / "group-six-faces.jpg", folder / "group.jpg")
+    shutil.copy(media_dir / "walking-crowd-1080p.mp4", folder / "crowd.mp4")
+    (folder / "broken.png").write_text("not a png")
+    out = tmp_path_factory.mktemp("outputs")
+    result = runner.invoke(
+        app,
+        ["annotate", str(folder), "--out", str(out / "r.parquet"), "--max-frames", str(VIDEO_FRAMES), "--every-nth", "2",
+         "--report", str(out / "report.html"), "--render", str(out / "render"), "--quiet", "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    return folder, out
+
+
+def test_report_is_html_naming_every_source_track_and_error(reported_run):
+    _, out = reported_run
+    page = (out / "report.html").read_text()
+    parser = _Collector()
+    parser.feed(page)
+    text = " ".join(parser.text)
+    sources = pd.read_parquet(out / "r.summary.parquet")
+    tracks = pd.read_parquet(out / "r.tracks.parquet")
+    errors = pd.read_parquet(out / "r.errors.parquet")
+    assert set(sources.source) == {"broken.png", "crowd.mp4", "group.jpg"}
+    for source in sources.source:
+        assert source in text
+    video_tracks = tracks[tracks.source == "crowd.mp4"]
+    assert len(video_tracks) >= 4
+    for track_id in video_tracks.track_id:
+        assert f"track-crowd.mp4-{track_id}" in parser.ids
+    assert errors.source.tolist() == ["broken.png"] and errors.message.iloc[0] in text
+    # Self-contained: every image is inline, nothing is fetched from a network or a file.
+    assert parser.images and all(src.startswith("data:image/") for src in parser.images)
+    assert "http://" not in page and "https://" not in page
+
+
+def test_rendered_copies_match_their_sources(reported_run):
+    folder, out = reported_run
+    source, rendered = cv2.VideoCapture(str(folder / "crowd.mp4")), cv2.VideoCapture(str(out / "render" / "crowd.mp4"))
+    assert rendered.isOpened()
+    assert rendered.get(cv2.CAP_PROP_FPS) == pytest.approx(source.get(cv2.CAP_PROP_FPS))
+    frames = 0
+    while rendered.grab():
+        frames += 1
+    assert frames == int(source.get(cv2.CAP_PROP_FRAME_COUNT)) == 105
+    picture = cv2.imread(str(out / "render" / "group.jpg"))
+    original = cv2.imread(str(folder / "group.jpg"))
+    assert picture.shape == original.shape
+    assert np.abs(picture.astype(int) - original.astype(int)).mean() > 0.5  # boxes and labels were drawn
+    assert not (out / "render" / "broken.jpg").exists()
+
+
+def test_fer_report_rebuilds_the_report_from_an_existing_output(reported_run, tmp_path):
+    _, out = reported_run
+    result = runner.invoke(app, ["report", str(out / "r.parquet"), "--out", str(tmp_path / "again.html"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "crowd.mp4" in (tmp_path / "again.html").read_text()
+    missing = runner.invoke(app, ["report", str(tmp_path / "nothing.parquet"), "--out", str(tmp_path / "x.html")])
+    assert missing.exit_code == 2 and "nothing.parquet" in missing.output
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_report_renders_in_headless_chromium(reported_run, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium is not installed and could not be installed (.ci/run installs Debian's chromium)")
+    _, out = reported_run
+    screenshot = tmp_path / "report.png"
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    completed = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--window-size=1200,1600", f"--screenshot={screenshot}",
+         (out / "report.html").resolve().as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    shutil.rmtree(profile, ignore_errors=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    image = cv2.imread(str(screenshot))
+    assert image is not None and image.shape[:2] == (1600, 1200)
+    assert image.std() > 20  # a page with content, not a blank or error screen
