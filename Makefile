@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 SHARED ?= ../shared
 
-.PHONY: setup demo test benchmark
+.PHONY: setup demo test benchmark results
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,3 +26,11 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(VENV)/bin/python benchmarks/annotate_throughput.py
+
+# The committed results/ folder: the shipped weights on PublicTest, and an example report
+# of media the project generates itself from FER2013 PublicTest faces.
+results: $(STAMP)
+	$(VENV)/bin/fer evaluate --data $(SHARED)/fer2013 --split test --out results/publictest
+	$(VENV)/bin/python examples/make_demo_media.py --fer $(SHARED)/fer2013 --out out/demo-media
+	$(VENV)/bin/fer annotate out/demo-media --out out/example/demo.parquet \
+		--report results/example-report/report.html --render results/example-report/annotated

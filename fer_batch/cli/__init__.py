@@ -47,6 +47,7 @@ def annotate(
     detect_every: int = typer.Option(defaults.DETECT_EVERY, "--detect-every", min=1, help="Run the detector on every k-th annotated frame; track in between."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(defaults.BATCH_SIZE, "--batch-size", min=1, help="Face crops per classifier batch."),
+    detect_batch: int = typer.Option(defaults.DETECTION_BATCH, "--detect-batch", min=1, help="Video frames per detector call (raise it on a GPU)."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint to use instead of the shipped weights."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report here."),
     render: Optional[Path] = typer.Option(None, "--render", help="Also write annotated copies of the inputs into this folder."),
@@ -69,6 +70,7 @@ def annotate(
             device=device, weights=weights, batch_size=batch_size, detection_threshold=threshold,
             min_face_size=min_face_size, detection_scale=detect_scale, detect_every=detect_every,
             every_nth=every_nth, target_fps=fps, max_frames=max_frames, include=glob, exclude=exclude,
+            detection_batch=detect_batch,
         )
         sources, unsupported = discover_sources(paths, options.include, options.exclude)
     except (InputPathError, OutputPathError, ValueError) as error:

@@ -13,6 +13,7 @@ import csv
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -212,8 +213,18 @@ class Trainer:
         self.best_score = float(payload["best_score"])
         if payload.get("optimizer_state"):
             self.optimizer.load_state_dict(payload["optimizer_state"])
-        if payload.get("scheduler_state"):
+        saved = payload.get("training_config", {})
+        budget_key = "epochs" if self.stage == "frame" else "temporal_epochs"
+        if saved.get(budget_key) == getattr(self.config, budget_key) and payload.get("scheduler_state"):
             self.scheduler.load_state_dict(payload["scheduler_state"])
+        else:
+            # The epoch budget changed on resume: continue on the new schedule from the current step.
+            stage_start = 0 if self.stage == "frame" else self.config.epochs
+            self.scheduler.last_epoch = (self.epoch - stage_start) * self._steps_per_epoch() - 1
+            with warnings.catch_warnings():  # stepping the schedule before the optimiser is intended here
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
+            self.log(f"epoch budget changed ({saved.get(budget_key)} -> {getattr(self.config, budget_key)}): schedule rebuilt")
         self.generator.set_state(payload["rng_state"])
         torch.set_rng_state(payload["torch_rng_state"])
         self.log(f"resumed from {last}: stage {self.stage}, epoch {self.epoch}")
