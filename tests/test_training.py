@@ -145,3 +145,25 @@ def test_training_rejects_a_path_that_is_not_fer2013(tmp_path):
     (tmp_path / "cats").mkdir()
     result = runner.invoke(app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--quiet"])
     assert result.exit_code == 2 and str(tmp_path) in result.output
+
+
+def test_init_from_fine_tunes_from_a_checkpoint_and_rejects_another_architecture(trained_run, fer_dir, tmp_path):
+    common = [
+        "train", "--data", str(fer_dir), "--small", "--epochs", "1", "--temporal-epochs", "0",
+        "--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--device", "cpu", "--quiet",
+    ]
+    start = torch.load(trained_run / "best.pt", weights_only=False)["model_state"]
+    tuned_run = tmp_path / "tuned"
+    result = runner.invoke(app, [*common, "--out", str(tuned_run), "--init-from", str(trained_run / "best.pt"),
+                                 "--lr", "1e-6"])
+    assert result.exit_code == 0, result.output
+    tuned = torch.load(tuned_run / "last.pt", weights_only=False)["model_state"]
+    # Two steps at a tiny learning rate: the encoder stays next to the starting weights, far from a fresh init.
+    first_conv = next(name for name in start if name.endswith("weight") and start[name].dim() == 4)
+    assert torch.allclose(tuned[first_conv], start[first_conv], atol=1e-3)
+    assert not torch.equal(tuned[first_conv], start[first_conv])
+
+    default_size = [arg for arg in common if arg != "--small"]
+    mismatch = runner.invoke(app, [*default_size, "--out", str(tmp_path / "other"),
+                                   "--init-from", str(trained_run / "best.pt")])
+    assert mismatch.exit_code == 2 and "model configuration differs" in " ".join(mismatch.output.split())

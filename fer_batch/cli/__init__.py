@@ -141,6 +141,7 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (AMP is used on CUDA)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Fine-tune: start from this checkpoint's weights on a fresh schedule."),
     limit_train: Optional[int] = typer.Option(None, "--limit-train", min=1, help="Use only this many training images (smoke runs)."),
     limit_test: Optional[int] = typer.Option(None, "--limit-test", min=1, help="Use only this many PublicTest images."),
     clips_per_epoch: int = typer.Option(3000, "--clips-per-epoch", min=1),
@@ -158,7 +159,7 @@ def train(
     config = TrainConfig(
         data=str(data), out_dir=str(out), epochs=epochs, temporal_epochs=temporal_epochs, batch_size=batch_size,
         learning_rate=learning_rate, seed=seed, device=device, limit_train=limit_train, limit_test=limit_test,
-        clips_per_epoch=clips_per_epoch,
+        clips_per_epoch=clips_per_epoch, init_from=str(init_from) if init_from else None,
     )
     if small:
         config = replace(config, model=SMALL_MODEL)

@@ -59,6 +59,7 @@ class TrainConfig:
     device: str = "auto"
     limit_train: int | None = None  # smoke runs: use only this many training images
     limit_test: int | None = None
+    init_from: str | None = None  # start from this checkpoint's weights, on a fresh schedule (fine-tuning)
     model: ModelConfig = field(default_factory=lambda: ModelConfig(convs_per_stage=(1, 1, 2, 2)))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -230,6 +231,13 @@ class Trainer:
         self.log(f"resumed from {last}: stage {self.stage}, epoch {self.epoch}")
         return True
 
+    def _load_initial_weights(self, path: Path) -> None:
+        payload = torch.load(path, map_location=self.device, weights_only=False)
+        if payload.get("model_config") != self.config.model.to_dict():
+            raise ValueError(f"{path}: its model configuration differs from this run's; cannot start from it")
+        self.model.load_state_dict(payload["model_state"])
+        self.log(f"starting from the weights of {path} (epoch {payload.get('epoch')})")
+
     # -- epochs -----------------------------------------------------------------------
     def _frame_epoch(self, progress: tqdm) -> tuple[float, float]:
         self.model.train()
@@ -315,6 +323,8 @@ class Trainer:
         """Train to the configured end, or only `stop_after` more epochs (continue later with resume)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and self.resume()):
+            if self.config.init_from:
+                self._load_initial_weights(Path(self.config.init_from))
             self._start_stage("frame")
         total_epochs = self.config.epochs + self.config.temporal_epochs
         if stop_after is not None:
