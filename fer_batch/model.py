@@ -28,7 +28,7 @@ class ModelConfig:
     """Architecture hyper-parameters; stored in checkpoints to rebuild the model."""
 
     stage_channels: tuple[int, ...] = (32, 64, 128, 256)
-    convs_per_stage: tuple[int, ...] = (1, 2, 2, 2)
+    convs_per_stage: tuple[int, ...] = (1, 1, 2, 2)
     gru_hidden: int = 128
     dropout: float = 0.3
     num_classes: int = len(EMOTIONS)

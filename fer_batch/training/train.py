@@ -60,7 +60,7 @@ class TrainConfig:
     limit_train: int | None = None  # smoke runs: use only this many training images
     limit_test: int | None = None
     init_from: str | None = None  # start from this checkpoint's weights, on a fresh schedule (fine-tuning)
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(convs_per_stage=(1, 1, 2, 2)))
+    model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict:
