@@ -33,7 +33,7 @@ CONFIGURATIONS = (
 
 def classifier_speed(annotator: Annotator, batch: int = 64, repeats: int = 20) -> str:
     """CNN crops/s alone (no detection), with and without the flip averaging annotate uses."""
-    from fer_batch.model import count_parameters, encoder_macs_per_crop
+    from fer_batch.model import EmotionEnsemble, count_parameters, model_macs_per_crop
 
     model = annotator.checkpoint.model.eval()
     crops = torch.randn(batch, 1, 48, 48, device=annotator.device)
@@ -45,8 +45,10 @@ def classifier_speed(annotator: Annotator, batch: int = 64, repeats: int = 20) -
             for _ in range(repeats):
                 model.encode(crops, flip_average=flip)
             figures.append(batch * repeats / (time.perf_counter() - begin))
+    members = len(model.members) if isinstance(model, EmotionEnsemble) else 1
     return (
-        f"model: {count_parameters(model) / 1e6:.2f} M parameters, {encoder_macs_per_crop(model.config) / 1e6:.1f} M MACs per crop; "
+        f"model: {members} CNN-GRU network(s), {count_parameters(model) / 1e6:.2f} M parameters, "
+        f"{model_macs_per_crop(model) / 1e6:.1f} M MACs per crop; "
         f"encoder {figures[0]:.0f} crops/s, {figures[1]:.0f} faces/s with flip averaging (batch {batch})"
     )
 

@@ -48,7 +48,7 @@ class SequenceClassifier:
         crops = normalize_crops(np.stack([request.crop for request in requests]), self.preprocessing).to(self.device)
         features = self.model.encode(crops, flip_average=self.preprocessing.tta_flip)
         probabilities = torch.empty(len(requests), len(self.class_names), device=self.device)
-        hidden_size = self.model.gru.hidden_size
+        hidden_size = self.model.hidden_size
         start = 0
         while start < len(requests):
             end = start

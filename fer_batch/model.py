@@ -4,12 +4,14 @@ A CNN encoder turns each 48x48 grayscale crop into a feature vector; a frame hea
 gives per-crop logits (the "CNN alone" answer); a GRU runs over a track's sequence
 of features and adds a learned correction to the frame logits, so a still image is
 simply a sequence of one. The correction layer starts at zero, which makes the
-CNN-GRU equal to the CNN before its temporal training stage.
+CNN-GRU equal to the CNN before its temporal training stage. A checkpoint holds one
+such network or an ensemble of several, averaged in probability.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from fer_batch.labels import EMOTIONS
 from fer_batch.preprocess import Preprocessing
 
 CHECKPOINT_FORMAT = 1
+ENSEMBLE_KEY = "ensemble"  # an ensemble checkpoint lists its members' model_config/model_state here
 
 
 @dataclass(frozen=True)
@@ -103,11 +106,74 @@ class EmotionNet(nn.Module):
         logits = self.frame_head(features) + self.temporal_head(outputs)
         return logits, last_hidden
 
+    @property
+    def hidden_size(self) -> int:
+        """Width of the per-track state the classifier keeps between frames."""
+        return self.gru.hidden_size
+
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         """Still-image logits: each crop is a sequence of one."""
         features = self.encode(crops)
         logits, _ = self.sequence_logits(features.unsqueeze(1))
         return logits.squeeze(1)
+
+
+class EmotionEnsemble(nn.Module):
+    """Several independently trained CNN-GRUs whose probabilities are averaged.
+
+    Networks trained from different seeds make different mistakes, so their mean is
+    more accurate than any one of them. The ensemble has EmotionNet's interface:
+    features and GRU states are the members' concatenated, so the classifier keeps one
+    state per track whatever it runs, and the logits are log mean probabilities
+    (their softmax is the mean of the members' softmaxes).
+    """
+
+    def __init__(self, members: list[EmotionNet]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        classes = {member.config.num_classes for member in members}
+        if len(classes) != 1:
+            raise ValueError(f"ensemble members predict different numbers of classes: {sorted(classes)}")
+        self.members = nn.ModuleList(members)
+        self._feature_sizes = [member.encoder.output_dim for member in members]
+        self._hidden_sizes = [member.hidden_size for member in members]
+
+    @property
+    def hidden_size(self) -> int:
+        return sum(self._hidden_sizes)
+
+    def encode(self, crops: torch.Tensor, flip_average: bool = False) -> torch.Tensor:
+        return torch.cat([member.encode(crops, flip_average) for member in self.members], dim=-1)
+
+    @staticmethod
+    def _mean_log_probabilities(member_logits: list[torch.Tensor]) -> torch.Tensor:
+        log_probabilities = torch.stack([torch.log_softmax(logits.float(), dim=-1) for logits in member_logits])
+        return torch.logsumexp(log_probabilities, dim=0) - math.log(len(member_logits))
+
+    def frame_logits(self, features: torch.Tensor) -> torch.Tensor:
+        parts = features.split(self._feature_sizes, dim=-1)
+        return self._mean_log_probabilities([member.frame_logits(part) for member, part in zip(self.members, parts)])
+
+    def sequence_logits(
+        self, features: torch.Tensor, hidden: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        feature_parts = features.split(self._feature_sizes, dim=-1)
+        hidden_parts = hidden.split(self._hidden_sizes, dim=-1) if hidden is not None else [None] * len(self.members)
+        member_logits, member_hidden = [], []
+        for member, part, state in zip(self.members, feature_parts, hidden_parts):
+            logits, last_hidden = member.sequence_logits(part, state.contiguous() if state is not None else None)
+            member_logits.append(logits)
+            member_hidden.append(last_hidden)
+        return self._mean_log_probabilities(member_logits), torch.cat(member_hidden, dim=-1)
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        features = self.encode(crops)
+        logits, _ = self.sequence_logits(features.unsqueeze(1))
+        return logits.squeeze(1)
+
+
+EmotionModel = EmotionNet | EmotionEnsemble
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -127,11 +193,17 @@ def encoder_macs_per_crop(config: ModelConfig, crop_size: int = 48) -> int:
     return macs
 
 
+def model_macs_per_crop(model: EmotionModel, crop_size: int = 48) -> int:
+    """Encoder multiply-accumulates per crop, summed over an ensemble's members."""
+    members = model.members if isinstance(model, EmotionEnsemble) else [model]
+    return sum(encoder_macs_per_crop(member.config, crop_size) for member in members)
+
+
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: the model plus what is needed to use or resume it."""
 
-    model: EmotionNet
+    model: EmotionModel
     class_names: tuple[str, ...]
     preprocessing: Preprocessing
     path: Path | None = None
@@ -177,6 +249,37 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def ensemble_payload(member_payloads: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """One checkpoint holding several trained networks; labels and preprocessing must agree."""
+    if not member_payloads:
+        raise ValueError("an ensemble needs at least one member checkpoint")
+    first = member_payloads[0]
+    for number, member in enumerate(member_payloads, start=1):
+        if ENSEMBLE_KEY in member:
+            raise ValueError(f"member {number} is itself an ensemble; combine its members instead")
+        if list(member["class_names"]) != list(first["class_names"]):
+            raise ValueError(f"member {number} predicts {member['class_names']}, member 1 {first['class_names']}")
+        if member["preprocessing"] != first["preprocessing"]:
+            raise ValueError(f"member {number} preprocesses crops differently from member 1")
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "class_names": list(first["class_names"]),
+        "preprocessing": first["preprocessing"],
+        ENSEMBLE_KEY: [
+            {"model_config": member["model_config"], "model_state": member["model_state"]} for member in member_payloads
+        ],
+        **extra,
+    }
+
+
+def _member_from_payload(path: Path, payload: dict[str, Any]) -> EmotionNet:
+    if "model_state" not in payload or "model_config" not in payload:
+        raise ValueError(f"{path}: not a fer-batch checkpoint (missing model_state/model_config)")
+    member = EmotionNet(ModelConfig.from_dict(payload["model_config"]))
+    member.load_state_dict(payload["model_state"])
+    return member
+
+
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model from a checkpoint file; labels and preprocessing come from the file."""
     path = Path(path)
@@ -186,12 +289,14 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         payload = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise ValueError(f"{path}: not a readable fer-batch checkpoint ({error})") from error
-    if not isinstance(payload, dict) or "model_state" not in payload or "model_config" not in payload:
-        raise ValueError(f"{path}: not a fer-batch checkpoint (missing model_state/model_config)")
-    model = EmotionNet(ModelConfig.from_dict(payload["model_config"]))
-    model.load_state_dict(payload["model_state"])
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not a fer-batch checkpoint (not a dict)")
+    if ENSEMBLE_KEY in payload:
+        model: EmotionModel = EmotionEnsemble([_member_from_payload(path, member) for member in payload[ENSEMBLE_KEY]])
+    else:
+        model = _member_from_payload(path, payload)
     model.eval()
-    known = {"format", "model_config", "class_names", "preprocessing", "model_state"}
+    known = {"format", "model_config", "class_names", "preprocessing", "model_state", ENSEMBLE_KEY}
     return Checkpoint(
         model=model,
         class_names=tuple(payload["class_names"]),

@@ -167,3 +167,81 @@ def test_init_from_fine_tunes_from_a_checkpoint_and_rejects_another_architecture
     mismatch = runner.invoke(app, [*default_size, "--out", str(tmp_path / "other"),
                                    "--init-from", str(trained_run / "best.pt")])
     assert mismatch.exit_code == 2 and "model configuration differs" in " ".join(mismatch.output.split())
+
+
+@pytest.fixture(scope="module")
+def ensemble_members(trained_run, tmp_path_factory) -> list[Path]:
+    """The smoke run's best checkpoint and a second, wider network with its own (untrained) weights."""
+    from fer_batch.model import EmotionNet, ModelConfig, checkpoint_payload, save_checkpoint
+
+    trained = load_checkpoint(trained_run / "best.pt")
+    torch.manual_seed(7)
+    other = EmotionNet(ModelConfig(stage_channels=(8, 16, 32, 32), convs_per_stage=(1, 1, 1, 1), gru_hidden=24))
+    torch.nn.init.normal_(other.temporal_head.weight, std=0.5)  # a GRU that matters, so hidden-state handling is tested
+    second = tmp_path_factory.mktemp("member") / "other.pt"
+    save_checkpoint(checkpoint_payload(other, trained.class_names, trained.preprocessing), second)
+    return [trained_run / "best.pt", second]
+
+
+def test_ensemble_checkpoint_averages_its_members_on_stills_and_tracks(ensemble_members, fer_dir, tmp_path):
+    from fer_batch.classifier import CropRequest, SequenceClassifier
+    from fer_batch.model import EmotionEnsemble
+    from fer_batch.training.export import export_checkpoint
+    from fer_batch.training.train import predict_stills
+
+    shipped = tmp_path / "ensemble.pt"
+    export_checkpoint(ensemble_members, shipped)
+    ensemble = load_checkpoint(shipped)
+    members = [load_checkpoint(path) for path in ensemble_members]
+    assert isinstance(ensemble.model, EmotionEnsemble) and len(ensemble.model.members) == 2
+    assert "optimizer_state" not in torch.load(shipped, weights_only=False)
+
+    faces = load_split(fer_dir, "test").subset(np.arange(40))
+    cpu = torch.device("cpu")
+    expected = np.mean([predict_stills(m.model, faces, m.preprocessing, cpu) for m in members], axis=0)
+    assert np.allclose(predict_stills(ensemble.model, faces, ensemble.preprocessing, cpu), expected, atol=1e-5)
+
+    # One track over 6 frames, then a still: each member keeps its own GRU state inside the ensemble's.
+    def run(checkpoint):
+        classifier = SequenceClassifier(checkpoint, cpu)
+        track = [classifier.classify([CropRequest((0, 1), (0, frame), faces.images[frame])]) for frame in range(6)]
+        still = classifier.classify([CropRequest((1, 0), (1, 0), faces.images[6])])
+        return np.concatenate([*track, still])
+
+    per_member = [run(member) for member in members]
+    assert not np.allclose(per_member[1][0], per_member[1][5], atol=1e-3)  # the GRU state changed the answer
+    assert np.allclose(run(ensemble), np.mean(per_member, axis=0), atol=1e-5)
+
+
+def test_ensemble_export_rejects_members_that_disagree(ensemble_members, tmp_path):
+    from fer_batch.model import checkpoint_payload, save_checkpoint
+    from fer_batch.training.export import export_checkpoint
+
+    trained = load_checkpoint(ensemble_members[0])
+    renamed = tmp_path / "renamed.pt"
+    save_checkpoint(checkpoint_payload(trained.model, tuple(reversed(trained.class_names)), trained.preprocessing), renamed)
+    with pytest.raises(ValueError, match="member 2 predicts"):
+        export_checkpoint([ensemble_members[0], renamed], tmp_path / "bad.pt")
+    assert not (tmp_path / "bad.pt").exists()
+
+
+def test_evaluate_and_init_from_with_an_ensemble(ensemble_members, fer_dir, tmp_path):
+    from fer_batch.training.export import export_checkpoint
+
+    shipped = tmp_path / "ensemble.pt"
+    export_checkpoint(ensemble_members, shipped)
+    result = runner.invoke(
+        app, ["evaluate", "--weights", str(shipped), "--data", str(fer_dir), "--limit", "120",
+              "--out", str(tmp_path / "eval"), "--device", "cpu", "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    assert metrics["count"] == len(predictions) == 120
+    assert metrics["accuracy"] == pytest.approx((predictions.true == predictions.predicted).mean())
+    assert set(metrics["sequence"]) >= {"cnn", "cnn_gru"}  # clips run through the members' GRUs too
+    refused = runner.invoke(
+        app, ["train", "--data", str(fer_dir), "--small", "--out", str(tmp_path / "run"), "--init-from", str(shipped),
+              "--quiet"],
+    )
+    assert refused.exit_code == 2 and "ensemble checkpoint" in " ".join(refused.output.split())

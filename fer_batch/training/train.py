@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fer_batch.labels import EMOTIONS
-from fer_batch.model import EmotionNet, ModelConfig, checkpoint_payload, save_checkpoint
+from fer_batch.model import ENSEMBLE_KEY, EmotionNet, ModelConfig, checkpoint_payload, save_checkpoint
 from fer_batch.preprocess import Preprocessing, normalize_crops
 from fer_batch.runtime import resolve_device
 from fer_batch.training.augment import AugmentConfig, augment_batch
@@ -233,6 +233,8 @@ class Trainer:
 
     def _load_initial_weights(self, path: Path) -> None:
         payload = torch.load(path, map_location=self.device, weights_only=False)
+        if ENSEMBLE_KEY in payload:
+            raise ValueError(f"{path}: an ensemble checkpoint; fine-tune from one of its members' run checkpoints instead")
         if payload.get("model_config") != self.config.model.to_dict():
             raise ValueError(f"{path}: its model configuration differs from this run's; cannot start from it")
         self.model.load_state_dict(payload["model_state"])
