@@ -45,6 +45,16 @@ class ModelConfig:
         return cls(**values)
 
 
+# Named architectures for `fer train --model`. "base" is ModelConfig()'s defaults;
+# "wide" has 2.8x its multiply-accumulates and trains well only with bf16 or a GPU;
+# "small" is for smoke runs and tests.
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    "base": ModelConfig(),
+    "wide": ModelConfig(stage_channels=(48, 96, 192, 384), convs_per_stage=(1, 2, 2, 2)),
+    "small": ModelConfig(stage_channels=(8, 16, 16, 32), convs_per_stage=(1, 1, 1, 1), gru_hidden=16),
+}
+
+
 def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
     return [
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
@@ -295,7 +305,8 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         model: EmotionModel = EmotionEnsemble([_member_from_payload(path, member) for member in payload[ENSEMBLE_KEY]])
     else:
         model = _member_from_payload(path, payload)
-    model.eval()
+    # channels_last: the layout oneDNN / cuDNN convolve fastest (about 1.3x on CPU), as in training.
+    model.to(memory_format=torch.channels_last).eval()
     known = {"format", "model_config", "class_names", "preprocessing", "model_state", ENSEMBLE_KEY}
     return Checkpoint(
         model=model,

@@ -245,3 +245,78 @@ def test_evaluate_and_init_from_with_an_ensemble(ensemble_members, fer_dir, tmp_
               "--quiet"],
     )
     assert refused.exit_code == 2 and "ensemble checkpoint" in " ".join(refused.output.split())
+
+
+def test_precision_is_resolved_per_device_and_bad_choices_are_refused():
+    from fer_batch.training.train import cpu_has_native_bf16, resolve_precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("fp32", cpu) is None
+    assert resolve_precision("bf16", cpu) is torch.bfloat16
+    assert resolve_precision("auto", cuda) is torch.float16
+    # On CPU, auto takes bf16 only where oneDNN runs it natively (emulated bf16 is slower than fp32).
+    assert resolve_precision("auto", cpu) is (torch.bfloat16 if cpu_has_native_bf16() else None)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_precision("half", cpu)
+
+
+def test_bf16_run_with_sparse_evaluation_keeps_fp32_weights_and_scores_the_last_fifth(fer_dir, tmp_path):
+    from fer_batch.model import MODEL_PRESETS
+
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app, ["train", "--data", str(fer_dir), "--out", str(out), "--model", "small", "--precision", "bf16",
+              "--epochs", "5", "--temporal-epochs", "0", "--eval-every", "2", "--limit-train", "512",
+              "--limit-test", "128", "--batch-size", "64", "--device", "cpu", "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = pd.read_csv(out / "metrics.csv")
+    # Every 2nd epoch, plus the last fifth of the schedule (epoch 5 of 5).
+    assert metrics.test_accuracy.notna().tolist() == [False, True, False, True, True]
+    assert metrics.train_loss.iloc[-1] < metrics.train_loss.iloc[0]
+    best = torch.load(out / "best.pt", weights_only=False)
+    evaluated = metrics.dropna(subset=["test_accuracy"])
+    assert best["epoch"] == int(evaluated.loc[evaluated.test_accuracy.idxmax(), "epoch"])
+    assert best["model_config"] == MODEL_PRESETS["small"].to_dict()
+    # Autocast computes in bf16 but the weights the optimiser updates stay fp32.
+    assert {value.dtype for value in best["model_state"].values() if value.is_floating_point()} == {torch.float32}
+    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 5
+
+
+def test_train_refuses_an_unknown_model_preset(fer_dir, tmp_path):
+    result = runner.invoke(app, ["train", "--data", str(fer_dir), "--out", str(tmp_path / "run"), "--model", "huge"])
+    assert result.exit_code == 2
+    assert "unknown --model 'huge'" in result.output and "wide" in result.output
+
+
+def test_a_run_joins_an_exported_ensemble_and_selection_scores_what_the_ensemble_computes(
+    ensemble_members, fer_dir, tmp_path
+):
+    from fer_batch.training.export import export_checkpoint
+    from fer_batch.training.select_members import member_probabilities, score_combinations
+    from fer_batch.training.train import predict_stills
+
+    pair = tmp_path / "pair.pt"
+    export_checkpoint(ensemble_members, pair)
+    trio = tmp_path / "trio.pt"
+    export_checkpoint([pair, ensemble_members[0]], trio)
+    payload = torch.load(trio, weights_only=False)
+    origins = [ensemble_members[0], ensemble_members[1], ensemble_members[0]]
+    assert payload["exported_from"] == [str(path) for path in origins]
+    for entry, origin in zip(payload["ensemble"], origins):
+        source_state = torch.load(origin, weights_only=False)["model_state"]
+        assert all(torch.equal(entry["model_state"][key], source_state[key]) for key in source_state)
+    assert payload["member_metrics"][2]["epoch"] == torch.load(origins[2], weights_only=False)["epoch"]
+
+    probabilities = member_probabilities([pair], str(fer_dir))
+    assert list(probabilities) == [f"{pair}#0", f"{pair}#1"]
+    labels = load_split(fer_dir, "test").labels
+    scores = score_combinations(probabilities, labels)
+    assert [len(score.members) for score in scores if len(score.members) == 2] == [2] and len(scores) == 3
+    assert [score.accuracy for score in scores] == sorted((score.accuracy for score in scores), reverse=True)
+    shipped = load_checkpoint(pair)
+    ensemble_accuracy = (predict_stills(shipped.model, load_split(fer_dir, "test"), shipped.preprocessing,
+                                        torch.device("cpu")).argmax(1) == labels).mean()
+    assert next(s for s in scores if len(s.members) == 2).accuracy == pytest.approx(ensemble_accuracy)

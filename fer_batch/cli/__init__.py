@@ -139,30 +139,34 @@ def train(
     batch_size: int = typer.Option(128, "--batch-size", min=2),
     learning_rate: float = typer.Option(3e-3, "--lr", help="Peak learning rate of the one-cycle schedule."),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (AMP is used on CUDA)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    model: str = typer.Option("base", "--model", help="Architecture preset: base, wide or small (see the model card)."),
+    precision: str = typer.Option("auto", "--precision", help="auto (fp16 on CUDA, bf16 on CPUs with native bf16), fp32, bf16, fp16."),
+    eval_every: int = typer.Option(1, "--eval-every", min=1, help="Score PublicTest every N CNN epochs (always over the last fifth)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Fine-tune: start from this checkpoint's weights on a fresh schedule."),
     limit_train: Optional[int] = typer.Option(None, "--limit-train", min=1, help="Use only this many training images (smoke runs)."),
     limit_test: Optional[int] = typer.Option(None, "--limit-test", min=1, help="Use only this many PublicTest images."),
     clips_per_epoch: int = typer.Option(3000, "--clips-per-epoch", min=1),
-    small: bool = typer.Option(False, "--small", help="A tiny network, for smoke tests."),
+    small: bool = typer.Option(False, "--small", help="Same as --model small: a tiny network, for smoke tests."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help="Stop after this many epochs; continue later with --resume."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train the CNN-GRU on FER2013 (best epoch chosen on PublicTest, never trained on)."""
-    from dataclasses import replace
-
+    from fer_batch.model import MODEL_PRESETS
     from fer_batch.training.data import DatasetError
-    from fer_batch.training.train import SMALL_MODEL, TrainConfig, train as run_training
+    from fer_batch.training.train import TrainConfig, train as run_training
 
     console = Console(stderr=True, quiet=quiet)
+    preset = "small" if small else model
+    if preset not in MODEL_PRESETS:
+        raise _fail(f"unknown --model {preset!r}; use one of {', '.join(MODEL_PRESETS)}")
     config = TrainConfig(
         data=str(data), out_dir=str(out), epochs=epochs, temporal_epochs=temporal_epochs, batch_size=batch_size,
         learning_rate=learning_rate, seed=seed, device=device, limit_train=limit_train, limit_test=limit_test,
         clips_per_epoch=clips_per_epoch, init_from=str(init_from) if init_from else None,
+        model=MODEL_PRESETS[preset], precision=precision, eval_every=eval_every,
     )
-    if small:
-        config = replace(config, model=SMALL_MODEL)
     try:
         result = run_training(config, resume=resume, show_progress=not quiet, log=console.print, stop_after=stop_after)
     except (DatasetError, ValueError) as error:

@@ -2,13 +2,15 @@
 
 One source is copied as a single CNN-GRU; several sources (runs trained from different
 seeds) are combined into one ensemble checkpoint whose probabilities are the members'
-mean. The crop template (fer_batch.preprocess) is written into the checkpoint here,
+mean. A source that is itself an exported ensemble contributes each of its members, so
+a new run can join the shipped ones. The crop template (fer_batch.preprocess) is written into the checkpoint here,
 from the calibrated values, so annotate frames faces the way the training data is
 framed; the template plays no part in training itself (FER2013 images are already
 crops). Optimiser and schedule state are dropped: a shipped file is for inference.
 
     python -m fer_batch.training.export runs/full/best.pt weights/fer-cnn-gru.pt
     python -m fer_batch.training.export runs/a/best.pt runs/b/best.pt weights/fer-cnn-gru.pt
+    python -m fer_batch.training.export weights/fer-cnn-gru.pt runs/c/best.pt new.pt
 """
 
 from __future__ import annotations
@@ -37,28 +39,50 @@ def _shipped_preprocessing(saved: dict[str, Any]) -> dict[str, Any]:
     ).to_dict()
 
 
-def _load_member(source: Path) -> dict[str, Any]:
+def _load_members(source: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(origin, member payload) for a run checkpoint, or for each member of an exported ensemble."""
     payload = torch.load(source, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or "model_state" not in payload:
-        raise ValueError(f"{source}: not a fer-batch run checkpoint")
-    if ENSEMBLE_KEY in payload:
-        raise ValueError(f"{source}: already an ensemble; export its members' run checkpoints instead")
-    member = {key: payload[key] for key in _INFERENCE_KEYS if key in payload}
-    member["preprocessing"] = _shipped_preprocessing(payload["preprocessing"])
-    member["training_config"] = payload.get("training_config")
-    return member
+    if not isinstance(payload, dict) or not ("model_state" in payload or ENSEMBLE_KEY in payload):
+        raise ValueError(f"{source}: not a fer-batch checkpoint")
+    if ENSEMBLE_KEY not in payload:
+        member = {key: payload[key] for key in _INFERENCE_KEYS if key in payload}
+        member["preprocessing"] = _shipped_preprocessing(payload["preprocessing"])
+        member["training_config"] = payload.get("training_config")
+        return [(str(source), member)]
+    # An exported ensemble: its members join individually, with the lineage recorded at their export.
+    count = len(payload[ENSEMBLE_KEY])
+    origins = payload.get("exported_from") or [f"{source}#{index}" for index in range(count)]
+    metrics = payload.get("member_metrics") or [None] * count
+    configs = payload.get("member_training_configs") or [None] * count
+    return [
+        (
+            str(origins[index]),
+            {
+                "format": payload["format"],
+                "model_config": entry["model_config"],
+                "class_names": payload["class_names"],
+                "preprocessing": _shipped_preprocessing(payload["preprocessing"]),
+                "model_state": entry["model_state"],
+                "metrics": metrics[index],
+                "training_config": configs[index],
+            },
+        )
+        for index, entry in enumerate(payload[ENSEMBLE_KEY])
+    ]
 
 
 def export_checkpoint(sources: list[Path] | Path, target: Path) -> str:
-    """Write the shipped checkpoint from one or more run checkpoints; returns its sha256."""
+    """Write the shipped checkpoint from run checkpoints and/or exported ensembles; returns its sha256."""
     sources = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(source) for source in sources]
-    members = [_load_member(source) for source in sources]
+    loaded = [entry for source in sources for entry in _load_members(source)]
+    origins = [origin for origin, _ in loaded]
+    members = [member for _, member in loaded]
     if len(members) == 1:
-        payload = {**members[0], "exported_from": str(sources[0])}
+        payload = {**members[0], "exported_from": origins[0]}
     else:
         payload = ensemble_payload(
             members,
-            exported_from=[str(source) for source in sources],
+            exported_from=origins,
             member_metrics=[member.get("metrics") for member in members],
             member_training_configs=[member.get("training_config") for member in members],
         )
@@ -68,7 +92,7 @@ def export_checkpoint(sources: list[Path] | Path, target: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sources", type=Path, nargs="+", help="run checkpoints (best.pt); several make an ensemble")
+    parser.add_argument("sources", type=Path, nargs="+", help="run checkpoints (best.pt) or exported ensembles; several make an ensemble")
     parser.add_argument("target", type=Path)
     args = parser.parse_args()
     digest = export_checkpoint(args.sources, args.target)
