@@ -320,3 +320,24 @@ def test_a_run_joins_an_exported_ensemble_and_selection_scores_what_the_ensemble
     ensemble_accuracy = (predict_stills(shipped.model, load_split(fer_dir, "test"), shipped.preprocessing,
                                         torch.device("cpu")).argmax(1) == labels).mean()
     assert next(s for s in scores if len(s.members) == 2).accuracy == pytest.approx(ensemble_accuracy)
+
+
+def test_half_export_stores_fp16_weights_that_load_as_fp32_with_the_same_answers(ensemble_members, fer_dir, tmp_path):
+    from fer_batch.training.export import export_checkpoint
+    from fer_batch.training.train import predict_stills
+
+    full, half = tmp_path / "full.pt", tmp_path / "half.pt"
+    export_checkpoint(ensemble_members, full)
+    export_checkpoint(ensemble_members, half, half=True)
+    stored = torch.load(half, weights_only=False)["ensemble"][0]["model_state"]
+    assert {value.dtype for value in stored.values() if value.is_floating_point()} == {torch.float16}
+    assert stored["encoder.features.1.num_batches_tracked"].dtype == torch.int64
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_checkpoint(half)
+    assert {parameter.dtype for parameter in loaded.model.parameters()} == {torch.float32}
+    faces = load_split(fer_dir, "test").subset(np.arange(200))
+    cpu = torch.device("cpu")
+    reference = predict_stills(load_checkpoint(full).model, faces, loaded.preprocessing, cpu)
+    rounded = predict_stills(loaded.model, faces, loaded.preprocessing, cpu)
+    assert np.abs(rounded - reference).max() < 5e-3
+    assert (rounded.argmax(1) == reference.argmax(1)).mean() >= 0.98

@@ -10,7 +10,7 @@ crops). Optimiser and schedule state are dropped: a shipped file is for inferenc
 
     python -m fer_batch.training.export runs/full/best.pt weights/fer-cnn-gru.pt
     python -m fer_batch.training.export runs/a/best.pt runs/b/best.pt weights/fer-cnn-gru.pt
-    python -m fer_batch.training.export weights/fer-cnn-gru.pt runs/c/best.pt new.pt
+    python -m fer_batch.training.export weights/fer-cnn-gru.pt runs/c/best.pt new.pt [--half]
 """
 
 from __future__ import annotations
@@ -71,12 +71,23 @@ def _load_members(source: Path) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-def export_checkpoint(sources: list[Path] | Path, target: Path) -> str:
-    """Write the shipped checkpoint from run checkpoints and/or exported ensembles; returns its sha256."""
+def _half_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fp32 tensors stored as fp16 (half the file); integer buffers untouched. Loading upcasts them."""
+    return {key: value.half() if value.dtype == torch.float32 else value for key, value in state.items()}
+
+
+def export_checkpoint(sources: list[Path] | Path, target: Path, half: bool = False) -> str:
+    """Write the shipped checkpoint from run checkpoints and/or exported ensembles; returns its sha256.
+
+    With `half`, weights are stored in fp16 to keep a several-member ensemble small; the
+    network still runs in fp32 (load_state_dict upcasts), so only rounding of the weights differs.
+    """
     sources = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(source) for source in sources]
     loaded = [entry for source in sources for entry in _load_members(source)]
     origins = [origin for origin, _ in loaded]
     members = [member for _, member in loaded]
+    if half:
+        members = [{**member, "model_state": _half_state(member["model_state"])} for member in members]
     if len(members) == 1:
         payload = {**members[0], "exported_from": origins[0]}
     else:
@@ -94,8 +105,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sources", type=Path, nargs="+", help="run checkpoints (best.pt) or exported ensembles; several make an ensemble")
     parser.add_argument("target", type=Path)
+    parser.add_argument("--half", action="store_true", help="store weights as fp16 (half the size; run in fp32)")
     args = parser.parse_args()
-    digest = export_checkpoint(args.sources, args.target)
+    digest = export_checkpoint(args.sources, args.target, half=args.half)
     print(f"{args.target}: {args.target.stat().st_size / 1e6:.1f} MB, sha256 {digest}")
 
 
