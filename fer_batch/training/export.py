@@ -3,10 +3,11 @@
 One source is copied as a single CNN-GRU; several sources (runs trained from different
 seeds) are combined into one ensemble checkpoint whose probabilities are the members'
 mean. A source that is itself an exported ensemble contributes each of its members, so
-a new run can join the shipped ones. The crop template (fer_batch.preprocess) is written into the checkpoint here,
-from the calibrated values, so annotate frames faces the way the training data is
-framed; the template plays no part in training itself (FER2013 images are already
-crops). Optimiser and schedule state are dropped: a shipped file is for inference.
+a new run can join the shipped ones. The crop template (fer_batch.preprocess) is
+written into the checkpoint here, from the calibrated values, so annotate frames faces
+the way the training data is framed; the template plays no part in training itself
+(FER2013 images are already crops). Optimiser and schedule state are dropped: a
+shipped file is for inference.
 
     python -m fer_batch.training.export runs/full/best.pt weights/fer-cnn-gru.pt
     python -m fer_batch.training.export runs/a/best.pt runs/b/best.pt weights/fer-cnn-gru.pt
