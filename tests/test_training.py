@@ -167,6 +167,9 @@ def test_init_from_fine_tunes_from_a_checkpoint_and_rejects_another_architecture
     mismatch = runner.invoke(app, [*default_size, "--out", str(tmp_path / "other"),
                                    "--init-from", str(trained_run / "best.pt")])
     assert mismatch.exit_code == 2 and "model configuration differs" in " ".join(mismatch.output.split())
+    not_an_ensemble = runner.invoke(app, [*common, "--out", str(tmp_path / "member"),
+                                          "--init-from", str(trained_run / "best.pt"), "--init-member", "1"])
+    assert not_an_ensemble.exit_code == 2 and "not an ensemble" in " ".join(not_an_ensemble.output.split())
 
 
 @pytest.fixture(scope="module")
@@ -240,11 +243,27 @@ def test_evaluate_and_init_from_with_an_ensemble(ensemble_members, fer_dir, tmp_
     assert metrics["count"] == len(predictions) == 120
     assert metrics["accuracy"] == pytest.approx((predictions.true == predictions.predicted).mean())
     assert set(metrics["sequence"]) >= {"cnn", "cnn_gru"}  # clips run through the members' GRUs too
-    refused = runner.invoke(
-        app, ["train", "--data", str(fer_dir), "--small", "--out", str(tmp_path / "run"), "--init-from", str(shipped),
-              "--quiet"],
-    )
-    assert refused.exit_code == 2 and "ensemble checkpoint" in " ".join(refused.output.split())
+    small_run = ["train", "--data", str(fer_dir), "--small", "--epochs", "1", "--temporal-epochs", "0",
+                 "--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--device", "cpu", "--quiet",
+                 "--lr", "1e-6", "--init-from", str(shipped)]
+
+    def refusal(*extra: str) -> str:
+        result = runner.invoke(app, [*small_run, "--out", str(tmp_path / "refused"), *extra])
+        assert result.exit_code == 2, result.output
+        return " ".join(result.output.split())
+
+    assert "choose one with --init-member" in refusal()
+    assert "out of range (members 1 to 2)" in refusal("--init-member", "3")
+    assert "model configuration differs" in refusal("--init-member", "2")  # member 2 is the wider network
+    assert not (tmp_path / "refused" / "last.pt").exists()
+
+    # Member 1 (the small run) as the start of a fine-tune: its weights, not a fresh init.
+    tuned = runner.invoke(app, [*small_run, "--out", str(tmp_path / "tuned"), "--init-member", "1"])
+    assert tuned.exit_code == 0, tuned.output
+    start = torch.load(ensemble_members[0], weights_only=False)["model_state"]
+    after = torch.load(tmp_path / "tuned" / "last.pt", weights_only=False)["model_state"]
+    first_conv = next(name for name in start if name.endswith("weight") and start[name].dim() == 4)
+    assert torch.allclose(after[first_conv], start[first_conv], atol=1e-3)
 
 
 def test_precision_is_resolved_per_device_and_bad_choices_are_refused():

@@ -145,6 +145,7 @@ def train(
     eval_every: int = typer.Option(1, "--eval-every", min=1, help="Score PublicTest every N CNN epochs (always over the last fifth)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Fine-tune: start from this checkpoint's weights on a fresh schedule."),
+    init_member: Optional[int] = typer.Option(None, "--init-member", min=1, help="With an ensemble --init-from: start from this member (1-based)."),
     limit_train: Optional[int] = typer.Option(None, "--limit-train", min=1, help="Use only this many training images (smoke runs)."),
     limit_test: Optional[int] = typer.Option(None, "--limit-test", min=1, help="Use only this many PublicTest images."),
     clips_per_epoch: int = typer.Option(3000, "--clips-per-epoch", min=1),
@@ -164,7 +165,7 @@ def train(
     config = TrainConfig(
         data=str(data), out_dir=str(out), epochs=epochs, temporal_epochs=temporal_epochs, batch_size=batch_size,
         learning_rate=learning_rate, seed=seed, device=device, limit_train=limit_train, limit_test=limit_test,
-        clips_per_epoch=clips_per_epoch, init_from=str(init_from) if init_from else None,
+        clips_per_epoch=clips_per_epoch, init_from=str(init_from) if init_from else None, init_member=init_member,
         model=MODEL_PRESETS[preset], precision=precision, eval_every=eval_every,
     )
     try:

@@ -63,6 +63,7 @@ class TrainConfig:
     limit_train: int | None = None  # smoke runs: use only this many training images
     limit_test: int | None = None
     init_from: str | None = None  # start from this checkpoint's weights, on a fresh schedule (fine-tuning)
+    init_member: int | None = None  # with an ensemble init_from: which member (1-based) to start from
     precision: str = "auto"  # auto: fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32
     eval_every: int = 1  # PublicTest evaluation every N CNN epochs; always in the last fifth and the GRU stage
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -260,14 +261,27 @@ class Trainer:
         self.log(f"resumed from {last}: stage {self.stage}, epoch {self.epoch}")
         return True
 
-    def _load_initial_weights(self, path: Path) -> None:
+    def _load_initial_weights(self, path: Path, member: int | None = None) -> None:
         payload = torch.load(path, map_location=self.device, weights_only=False)
         if ENSEMBLE_KEY in payload:
-            raise ValueError(f"{path}: an ensemble checkpoint; fine-tune from one of its members' run checkpoints instead")
-        if payload.get("model_config") != self.config.model.to_dict():
-            raise ValueError(f"{path}: its model configuration differs from this run's; cannot start from it")
-        self.model.load_state_dict(payload["model_state"])
-        self.log(f"starting from the weights of {path} (epoch {payload.get('epoch')})")
+            members = payload[ENSEMBLE_KEY]
+            if member is None:
+                raise ValueError(
+                    f"{path}: an ensemble checkpoint of {len(members)} members; choose one with --init-member"
+                )
+            if not 1 <= member <= len(members):
+                raise ValueError(f"{path}: --init-member {member} is out of range (members 1 to {len(members)})")
+            source, origin = members[member - 1], f"member {member} of {path}"
+        elif member is not None:
+            raise ValueError(f"{path}: not an ensemble checkpoint; --init-member applies only to ensembles")
+        else:
+            source, origin = payload, f"{path} (epoch {payload.get('epoch')})"
+        if source.get("model_config") != self.config.model.to_dict():
+            raise ValueError(f"{origin}: its model configuration differs from this run's; cannot start from it")
+        # Exported ensembles may store fp16 weights (export --half); training runs in fp32.
+        state = {name: value.float() if value.is_floating_point() else value for name, value in source["model_state"].items()}
+        self.model.load_state_dict(state)
+        self.log(f"starting from the weights of {origin}")
 
     # -- epochs -----------------------------------------------------------------------
     def _frame_epoch(self, progress: tqdm) -> tuple[float, float]:
@@ -369,7 +383,7 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if not (resume and self.resume()):
             if self.config.init_from:
-                self._load_initial_weights(Path(self.config.init_from))
+                self._load_initial_weights(Path(self.config.init_from), self.config.init_member)
             self._start_stage("frame")
         total_epochs = self.config.epochs + self.config.temporal_epochs
         if stop_after is not None:
