@@ -1,22 +1,34 @@
 """fer-batch: batch facial-emotion annotation of images and videos.
 
-The public API (`annotate`, `iter_annotations`, `annotate_to_file`, `Annotator`,
-`build_options`) is imported on first use, so `import fer_batch` stays light.
+The public API is imported on first use, so `import fer_batch` stays light:
+`annotate`, `iter_faces`, `iter_annotations`, `annotate_to_file` (fer_batch.api),
+`Annotator` (fer_batch.pipeline), `RunOptions` and `ModelOptions` (fer_batch.options),
+`Faces` (fer_batch.faces) and `read_run` (fer_batch.results).
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-_API_NAMES = {"annotate", "iter_annotations", "annotate_to_file", "Annotator", "AnnotateOptions", "build_options"}
+_PUBLIC = {
+    "annotate": "fer_batch.api",
+    "iter_faces": "fer_batch.api",
+    "iter_annotations": "fer_batch.api",
+    "annotate_to_file": "fer_batch.api",
+    "Annotator": "fer_batch.pipeline",
+    "RunOptions": "fer_batch.options",
+    "ModelOptions": "fer_batch.options",
+    "Faces": "fer_batch.faces",
+    "read_run": "fer_batch.results",
+}
 
 
 def __getattr__(name: str):
-    if name in _API_NAMES:
-        from fer_batch import api
+    if name in _PUBLIC:
+        import importlib
 
-        return getattr(api, name)
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'fer_batch' has no attribute {name!r}")
 
 
-__all__ = sorted(_API_NAMES)
+__all__ = sorted(_PUBLIC)

@@ -1,83 +1,68 @@
 """The Python API: what `fer annotate` does, callable from a data pipeline.
 
+Options are keywords with the CLI's names (`--detect-scale 0.5` is `detect_scale=0.5`):
+
     import fer_batch
-    faces = fer_batch.annotate(["videos/", "photos/"])           # pandas.DataFrame
-    for face in fer_batch.iter_annotations(["big_archive/"]):   # streaming, constant memory
+    faces = fer_batch.annotate(["videos/", "photos/"], max_frames=100)    # pandas.DataFrame
+    for batch in fer_batch.iter_faces(["archive/"]):                       # columnar Faces batches
         ...
-    result = fer_batch.annotate_to_file(["videos/"], "results.parquet")  # + summary files
+    result = fer_batch.annotate_to_file(["videos/"], "results.parquet")   # + summary, tracks, errors
+    run = fer_batch.read_run("results.parquet")                           # all of it back, with metadata
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pandas as pd
 
-from fer_batch import defaults
-from fer_batch.detection import DetectorConfig
-from fer_batch.media import SamplingConfig
-from fer_batch.pipeline import AnnotateOptions, AnnotationRun, Annotator, FaceAnnotation, ProgressListener
-from fer_batch.report import RunSummary, summarize
-from fer_batch.schema import ERROR_SCHEMA, annotation_schema, source_summary_schema, track_summary_schema
-from fer_batch.tracking import TrackerConfig
-from fer_batch.writers import (
-    AnnotationWriter,
-    annotations_to_table,
-    check_output_path,
-    companion_path,
-    write_table_atomic,
-)
+from fer_batch.faces import FaceRow, Faces
+from fer_batch.options import ModelOptions, split_options
+from fer_batch.pipeline import AnnotationRun, Annotator, ProgressListener
+from fer_batch.results import companion_path
+from fer_batch.schema import ERROR_SCHEMA, source_summary_schema, track_summary_schema
+from fer_batch.statistics import RunSummary
+from fer_batch.writers import AnnotationWriter, check_output_path, faces_to_table, write_table_atomic
 
 
-def build_options(
-    *,
-    device: str = "auto",
-    weights: str | Path | None = None,
-    batch_size: int = defaults.BATCH_SIZE,
-    detection_threshold: float = defaults.DETECTION_THRESHOLD,
-    min_face_size: int = defaults.MIN_FACE_SIZE,
-    detection_scale: float = defaults.DETECTION_SCALE,
-    detect_every: int = defaults.DETECT_EVERY,
-    detection_batch: int = defaults.DETECTION_BATCH,
-    every_nth: int = defaults.EVERY_NTH_FRAME,
-    target_fps: float | None = None,
-    max_frames: int | None = None,
-    track_iou: float = defaults.TRACK_IOU_THRESHOLD,
-    track_max_missed: int = defaults.TRACK_MAX_MISSED,
-    include: tuple[str, ...] | list[str] = (),
-    exclude: tuple[str, ...] | list[str] = (),
-) -> AnnotateOptions:
-    """Flat keyword options (as the CLI has them) to the nested AnnotateOptions."""
-    return AnnotateOptions(
-        detector=DetectorConfig(detection_threshold, min_face_size, detection_scale),
-        tracker=TrackerConfig(track_iou, track_max_missed),
-        sampling=SamplingConfig(every_nth, target_fps, max_frames),
-        detect_every=detect_every,
-        batch_size=batch_size,
-        detection_batch=detection_batch,
-        device=device,
-        weights=str(weights) if weights else None,
-        include=tuple(include),
-        exclude=tuple(exclude),
-    )
+def _start(
+    paths: list[str | Path], annotator: Annotator | None, progress: ProgressListener | None, options: dict[str, Any]
+) -> AnnotationRun:
+    """Check the options, load models unless an annotator is given, and set up the run."""
+    model_options, run_options = split_options(options)
+    if annotator is None:
+        annotator = Annotator(**model_options)
+    else:
+        built = asdict(annotator.model_options)
+        wanted = asdict(ModelOptions(**model_options))
+        conflicts = [f"{name}={wanted[name]!r}" for name in model_options if wanted[name] != built[name]]
+        if conflicts:
+            raise ValueError(
+                f"the annotator was built with {', '.join(f'{name}={built[name]!r}' for name in model_options)}, "
+                f"not {', '.join(conflicts)}; build an Annotator with those options instead"
+            )
+    return annotator.run(paths, run_options, progress)
 
 
-def iter_annotations(paths: list[str | Path], annotator: Annotator | None = None, **options) -> Iterator[FaceAnnotation]:
-    """Stream face rows; pass an `Annotator` to reuse loaded models across calls."""
-    annotator = annotator or Annotator(build_options(**options))
-    yield from annotator.run([Path(path) for path in paths])
+def iter_faces(paths: list[str | Path], annotator: Annotator | None = None, **options: Any) -> Iterator[Faces]:
+    """Stream classified face batches (columns as arrays) in constant memory."""
+    yield from _start(paths, annotator, None, options)
 
 
-def annotate(paths: list[str | Path], annotator: Annotator | None = None, **options) -> pd.DataFrame:
+def iter_annotations(paths: list[str | Path], annotator: Annotator | None = None, **options: Any) -> Iterator[FaceRow]:
+    """Stream one row per face; pass an `Annotator` to reuse loaded models across calls."""
+    run = _start(paths, annotator, None, options)
+    for faces in run:
+        yield from faces.rows(run.class_names)
+
+
+def annotate(paths: list[str | Path], annotator: Annotator | None = None, **options: Any) -> pd.DataFrame:
     """All face rows as a DataFrame; `.attrs` holds the errors, sources and tracks tables."""
-    annotator = annotator or Annotator(build_options(**options))
-    run = annotator.run([Path(path) for path in paths])
-    rows = list(run)
-    frame = annotations_to_table(rows, annotator.class_names).to_pandas()
-    summary = summarize(run)
+    run = _start(paths, annotator, None, options)
+    frame = faces_to_table(list(run), run.class_names).to_pandas()
+    summary = run.summary()
     frame.attrs.update({"errors": summary.errors, "sources": summary.sources, "tracks": summary.tracks})
     return frame
 
@@ -90,53 +75,34 @@ class AnnotationResult:
     errors_path: Path
     rows: int
     summary: RunSummary
-    run: AnnotationRun
 
 
 def annotate_to_file(
     paths: list[str | Path],
-    out_path: str | Path,
+    out: str | Path,
     annotator: Annotator | None = None,
     progress: ProgressListener | None = None,
-    **options,
+    **options: Any,
 ) -> AnnotationResult:
     """Run and write the face table plus `<stem>.summary`, `<stem>.tracks`, `<stem>.errors` beside it."""
-    out_path = Path(out_path)
-    check_output_path(out_path)
-    annotator = annotator or Annotator(build_options(**options))
-    run = annotator.run([Path(path) for path in paths], progress=progress)
-    metadata = annotator.metadata(run)
-    writer = AnnotationWriter(out_path, annotator.class_names, metadata)
+    out = Path(out)
+    check_output_path(out)
+    run = _start(paths, annotator, progress, options)
+    writer = AnnotationWriter(out, run.class_names)
     try:
-        writer.write_all(run)
-        summary = summarize(run)
-        names = annotator.class_names
-        metadata = {
-            **metadata,
-            "fer_batch.inputs": json.dumps([str(path) for path in paths]),
-            "fer_batch.elapsed_s": f"{run.elapsed_s:.3f}",
-        }
-        summary_path = write_table_atomic(
-            summary.sources, companion_path(out_path, "summary"), source_summary_schema(names), metadata
+        for faces in run:
+            writer.write(faces)
+        summary = run.summary()
+        metadata = run.metadata()
+        names = run.class_names
+        tables = (
+            ("summary", summary.sources, source_summary_schema(names)),
+            ("tracks", summary.tracks, track_summary_schema(names)),
+            ("errors", summary.errors, ERROR_SCHEMA),
         )
-        tracks_path = write_table_atomic(
-            summary.tracks, companion_path(out_path, "tracks"), track_summary_schema(names), metadata
-        )
-        errors_path = write_table_atomic(summary.errors, companion_path(out_path, "errors"), ERROR_SCHEMA, metadata)
+        written = [write_table_atomic(table, companion_path(out, kind), schema, metadata) for kind, table, schema in tables]
         writer.commit(metadata)
     except BaseException:
         writer.abort()
         raise
-    return AnnotationResult(out_path, summary_path, tracks_path, errors_path, writer.rows_written, summary, run)
-
-
-__all__ = [
-    "AnnotateOptions",
-    "AnnotationResult",
-    "Annotator",
-    "annotate",
-    "annotate_to_file",
-    "annotation_schema",
-    "build_options",
-    "iter_annotations",
-]
+    return AnnotationResult(out, *written, writer.rows_written, summary)

@@ -8,8 +8,6 @@ new track, or any face of a still image) starts from zeros: a sequence of one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
@@ -17,15 +15,6 @@ from fer_batch.model import Checkpoint
 from fer_batch.preprocess import normalize_crops
 
 TrackKey = tuple[int, int]  # (source number in the run, track id)
-
-
-@dataclass
-class CropRequest:
-    """One crop to classify; crops of one frame share `frame_key`, and arrive in time order."""
-
-    track_key: TrackKey
-    frame_key: tuple[int, int]  # (source number, frame index)
-    crop: np.ndarray  # (H, W) uint8
 
 
 class SequenceClassifier:
@@ -41,27 +30,29 @@ class SequenceClassifier:
         return self.checkpoint.class_names
 
     @torch.no_grad()
-    def classify(self, requests: list[CropRequest]) -> np.ndarray:
-        """Probabilities (N, C) float32 for the requests, in their order."""
-        if not requests:
+    def classify(self, crops: np.ndarray, source_numbers: np.ndarray, frame_index: np.ndarray, track_id: np.ndarray) -> np.ndarray:
+        """Probabilities (N, C) float32 of (N, H, W) uint8 crops given in time order.
+
+        Consecutive crops of one frame (same source number and frame index) advance their
+        tracks' GRU states together.
+        """
+        count = len(crops)
+        if count == 0:
             return np.empty((0, len(self.class_names)), dtype=np.float32)
-        crops = normalize_crops(np.stack([request.crop for request in requests]), self.preprocessing).to(self.device)
-        features = self.model.encode(crops, flip_average=self.preprocessing.tta_flip)
-        probabilities = torch.empty(len(requests), len(self.class_names), device=self.device)
-        hidden_size = self.model.hidden_size
-        start = 0
-        while start < len(requests):
-            end = start
-            while end < len(requests) and requests[end].frame_key == requests[start].frame_key:
-                end += 1
-            keys = [request.track_key for request in requests[start:end]]
-            zeros = torch.zeros(hidden_size, device=self.device)
+        inputs = normalize_crops(crops, self.preprocessing).to(self.device)
+        features = self.model.encode(inputs, flip_average=self.preprocessing.tta_flip)
+        probabilities = torch.empty(count, len(self.class_names), device=self.device)
+        zeros = torch.zeros(self.model.hidden_size, device=self.device)
+        new_frame = np.ones(count, bool)
+        new_frame[1:] = (source_numbers[1:] != source_numbers[:-1]) | (frame_index[1:] != frame_index[:-1])
+        starts = np.flatnonzero(new_frame).tolist() + [count]
+        for start, end in zip(starts[:-1], starts[1:]):
+            keys = list(zip(source_numbers[start:end].tolist(), track_id[start:end].tolist()))
             hidden = torch.stack([self._hidden.get(key, zeros) for key in keys]).unsqueeze(0)
             logits, new_hidden = self.model.sequence_logits(features[start:end].unsqueeze(1), hidden)
             probabilities[start:end] = torch.softmax(logits.squeeze(1).float(), dim=1)
             for position, key in enumerate(keys):
                 self._hidden[key] = new_hidden[0, position]
-            start = end
         return probabilities.cpu().numpy().astype(np.float32)
 
     def forget_source(self, source_number: int) -> None:

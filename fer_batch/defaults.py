@@ -1,27 +1,30 @@
-"""Default options, in one place: the library's config dataclasses and the CLI both read these."""
+"""Default values, in one place: the option classes (fer_batch.options), the CLI and training read them here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+# Model options
+DEVICE = "auto"
+
 # Detection (MTCNN)
-DETECTION_THRESHOLD = 0.90  # final-stage (ONet) face probability
+THRESHOLD = 0.90  # final-stage (ONet) face probability
 MIN_FACE_SIZE = 20  # pixels of the original frame
-DETECTION_SCALE = 1.0  # frames are resized by this before detection
+DETECT_SCALE = 1.0  # frames are resized by this before detection
 DETECT_EVERY = 1  # run the detector on every k-th annotated frame, track in between
+DETECT_BATCH = 4  # frames of one video per detector call
 
 # Tracking
-TRACK_IOU_THRESHOLD = 0.3  # minimum overlap between a predicted track box and a detection
-TRACK_MAX_MISSED = 5  # detection rounds a track survives without a matching face
+TRACK_IOU = 0.3  # minimum overlap between a predicted track box and a detection
+MAX_MISSED = 5  # detection rounds a track survives without a matching face
 
 # Sampling and batching
-EVERY_NTH_FRAME = 1
+EVERY_NTH = 1
 BATCH_SIZE = 64  # crops per classifier batch
-DETECTION_BATCH = 4  # frames of one video per detector call
 DECODE_QUEUE = 16  # decoded frames buffered by the background reader
 
-# Model
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+# Model: the default checkpoint is package data, so a plain `pip install .` carries it.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS_NAME = "fer-cnn-gru.pt"
 
 # Media

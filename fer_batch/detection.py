@@ -1,56 +1,20 @@
 """Face detection with facenet-pytorch's MTCNN, using the weights inside its wheel.
 
 Frames of one video have one size, so they are detected as a batch (one pyramid pass
-over many frames, which is what makes the GPU path fast). `scale` shrinks frames
-before detection to trade small faces for speed; results are always mapped back to
-original-frame pixels.
+over many frames, which is what makes the GPU path fast). `detect_scale` shrinks
+frames before detection to trade small faces for speed; boxes and landmarks are
+always returned in original-frame pixels, as a `Faces` batch.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
 from fer_batch import defaults
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    threshold: float = defaults.DETECTION_THRESHOLD  # MTCNN final-stage (ONet) probability
-    min_face_size: int = defaults.MIN_FACE_SIZE  # pixels of the original frame
-    scale: float = defaults.DETECTION_SCALE  # frames are resized by this before detection
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"detection threshold must be between 0 and 1, got {self.threshold}")
-        if self.min_face_size < 1:
-            raise ValueError(f"min face size must be at least 1 pixel, got {self.min_face_size}")
-        if not 0.0 < self.scale <= 4.0:
-            raise ValueError(f"detection scale must be in (0, 4], got {self.scale}")
-
-
-@dataclass(frozen=True)
-class Detection:
-    """One face in original-frame pixel coordinates."""
-
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2
-    score: float
-    landmarks: np.ndarray  # (5, 2): left eye, right eye, nose, left mouth, right mouth
-
-    @property
-    def width(self) -> float:
-        return self.box[2] - self.box[0]
-
-    @property
-    def height(self) -> float:
-        return self.box[3] - self.box[1]
-
-    @property
-    def area(self) -> float:
-        return max(0.0, self.width) * max(0.0, self.height)
+from fer_batch.faces import Faces
+from fer_batch.media import Frame
 
 
 def load_mtcnn_networks(device: torch.device) -> "object":
@@ -66,45 +30,68 @@ def load_mtcnn_networks(device: torch.device) -> "object":
 
 
 class FaceDetector:
-    """Batched MTCNN detection for RGB uint8 frames."""
+    """Batched MTCNN detection of RGB uint8 frames; loaded once, used with any run's options."""
 
-    def __init__(self, config: DetectorConfig = DetectorConfig(), device: torch.device | str = "cpu") -> None:
+    def __init__(self, device: torch.device | str = "cpu") -> None:
         from facenet_pytorch.models.utils.detect_face import detect_face
 
-        self.config = config
         self.device = torch.device(device)
         self._detect_face = detect_face
         self._mtcnn = load_mtcnn_networks(self.device)
-        # MTCNN's pyramid starts at 12 px; below that it would upsample, which only costs time.
-        self._pyramid_min_size = max(12.0, config.min_face_size * config.scale)
 
-    def detect(self, frames: list[np.ndarray]) -> list[list[Detection]]:
-        """Faces of each frame; frames in one call must share a size (frames of one video do)."""
+    def detect(
+        self,
+        frames: list[Frame],
+        source: str = "",
+        media_type: str = "image",
+        *,
+        threshold: float = defaults.THRESHOLD,
+        min_face_size: int = defaults.MIN_FACE_SIZE,
+        detect_scale: float = defaults.DETECT_SCALE,
+    ) -> Faces:
+        """The faces of all `frames` (which must share a size, as frames of one video do), frame by frame,
+        each frame's faces ordered left to right."""
+        faces = Faces.empty(source, media_type)
         if not frames:
-            return []
-        scale = self.config.scale
-        if scale != 1.0:
-            interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-            inputs = [cv2.resize(frame, None, fx=scale, fy=scale, interpolation=interpolation) for frame in frames]
+            return faces
+        if detect_scale != 1.0:
+            interpolation = cv2.INTER_AREA if detect_scale < 1 else cv2.INTER_LINEAR
+            inputs = [
+                cv2.resize(frame.rgb, None, fx=detect_scale, fy=detect_scale, interpolation=interpolation)
+                for frame in frames
+            ]
         else:
-            inputs = frames
+            inputs = [frame.rgb for frame in frames]
         batch = np.ascontiguousarray(np.stack(inputs))
         mtcnn = self._mtcnn
-        thresholds = list(mtcnn.thresholds[:2]) + [self.config.threshold]
+        thresholds = list(mtcnn.thresholds[:2]) + [threshold]
+        # MTCNN's pyramid starts at 12 px; below that it would upsample, which only costs time.
+        pyramid_min_size = max(12.0, min_face_size * detect_scale)
         with torch.no_grad():
             batch_boxes, batch_points = self._detect_face(
-                batch, self._pyramid_min_size, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, thresholds, mtcnn.factor, self.device
+                batch, pyramid_min_size, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, thresholds, mtcnn.factor, self.device
             )
-        results: list[list[Detection]] = []
-        for boxes, points in zip(batch_boxes, batch_points):
-            detections = []
-            for box, landmarks in zip(np.asarray(boxes).reshape(-1, 5), np.asarray(points).reshape(-1, 5, 2)):
-                x1, y1, x2, y2 = (float(value) / scale for value in box[:4])
-                if x2 - x1 < self.config.min_face_size and y2 - y1 < self.config.min_face_size:
-                    continue
-                if x2 <= x1 or y2 <= y1:
-                    continue
-                detections.append(Detection((x1, y1, x2, y2), float(box[4]), landmarks.astype(np.float32) / scale))
-            detections.sort(key=lambda detection: (detection.box[0], detection.box[1]))
-            results.append(detections)
-        return results
+        parts = []
+        for frame, boxes, points in zip(frames, batch_boxes, batch_points):
+            boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+            points = np.asarray(points, dtype=np.float32).reshape(-1, 5, 2)
+            corners = boxes[:, :4] / detect_scale
+            widths, heights = corners[:, 2] - corners[:, 0], corners[:, 3] - corners[:, 1]
+            keep = ~((widths < min_face_size) & (heights < min_face_size)) & (widths > 0) & (heights > 0)
+            corners, scores, points = corners[keep], boxes[keep, 4], points[keep] / detect_scale
+            order = np.lexsort((corners[:, 1], corners[:, 0]))  # left to right, then top to bottom
+            count = len(order)
+            height, width = frame.rgb.shape[:2]
+            parts.append(
+                faces.replace(
+                    frame_index=np.full(count, frame.index, np.int64),
+                    timestamp_s=np.full(count, frame.timestamp_s, np.float64),
+                    boxes=corners[order].astype(np.float32),
+                    landmarks=points[order].astype(np.float32),
+                    det_score=scores[order].astype(np.float32),
+                    detected=np.ones(count, bool),
+                    frame_width=np.full(count, width, np.int32),
+                    frame_height=np.full(count, height, np.int32),
+                )
+            )
+        return Faces.concat(parts)

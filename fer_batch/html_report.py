@@ -11,64 +11,18 @@ from __future__ import annotations
 
 import base64
 import html
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from fer_batch.labels import emotion_color
-from fer_batch.writers import companion_path, read_annotations
+from fer_batch.results import RunTables
 
 MAX_TIMELINES = 150
 MAX_IMAGE_FACES = 300
 THUMBNAIL_HEIGHT = 72
-
-
-@dataclass
-class RunTables:
-    """An annotation output read back: the face table, its companions and metadata."""
-
-    faces: pd.DataFrame
-    sources: pd.DataFrame
-    tracks: pd.DataFrame
-    errors: pd.DataFrame
-    metadata: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        if "fer_batch.class_names" in self.metadata:
-            return tuple(json.loads(self.metadata["fer_batch.class_names"]))
-        return tuple(column[len("prob_") :] for column in self.faces.columns if column.startswith("prob_"))
-
-    @property
-    def source_paths(self) -> dict[str, str]:
-        return json.loads(self.metadata.get("fer_batch.source_paths", "{}"))
-
-
-def load_run(out_path: Path | str) -> RunTables:
-    """Read `results.parquet|csv` and the summary, tracks and errors files beside it."""
-    out_path = Path(out_path)
-    if not out_path.is_file():
-        raise FileNotFoundError(f"annotation output not found: {out_path}")
-    faces = read_annotations(out_path)
-    companions = {}
-    for kind in ("summary", "tracks", "errors"):
-        path = companion_path(out_path, kind)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; it is written by `fer annotate` beside {out_path.name}")
-        companions[kind] = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    summary_file = companion_path(out_path, "summary")
-    if out_path.suffix.lower() == ".parquet":
-        raw = pq.read_schema(summary_file).metadata or {}
-        metadata = {key.decode(): value.decode() for key, value in raw.items()}
-    else:
-        meta_file = out_path.with_name(f"{out_path.stem}.meta.json")
-        metadata = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    return RunTables(faces, companions["summary"], companions["tracks"], companions["errors"], metadata)
 
 
 # -- images ------------------------------------------------------------------------------
@@ -192,15 +146,15 @@ dl.run{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-siz
 """
 
 
-def build_report(tables: RunTables, out_html: Path | str, elapsed_s: float | None = None) -> Path:
-    """Write the report; `elapsed_s` overrides the time taken stored in the run's metadata."""
+def build_report(tables: RunTables, out_html: Path | str) -> Path:
+    """Write the report of a run read back with `fer_batch.read_run`."""
     out_html = Path(out_html)
     names = tables.class_names
     faces, sources, tracks, errors = tables.faces, tables.sources, tables.tracks, tables.errors
     metadata = tables.metadata
-    elapsed = elapsed_s if elapsed_s is not None else float(metadata.get("fer_batch.elapsed_s", "nan"))
-    options = json.loads(metadata.get("fer_batch.options", "{}"))
-    inputs = json.loads(metadata.get("fer_batch.inputs", "[]"))
+    elapsed = metadata.elapsed_s if metadata.elapsed_s is not None else float("nan")
+    options = metadata.options
+    inputs = metadata.inputs
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>fer-batch report</title>",
@@ -212,15 +166,15 @@ def build_report(tables: RunTables, out_html: Path | str, elapsed_s: float | Non
     frames_annotated = int(sources.frames_annotated.sum()) if len(sources) else 0
     run_items = [
         ("inputs", ", ".join(inputs) or "–"),
-        ("tool version", metadata.get("fer_batch.version", "–")),
-        ("weights", f"{metadata.get('fer_batch.weights', '–')} (sha256 {metadata.get('fer_batch.weights_sha256', '–')[:16]}…)"),
-        ("device", metadata.get("fer_batch.device", "–")),
+        ("tool version", metadata.version),
+        ("weights", f"{metadata.weights} (sha256 {metadata.weights_sha256[:16]}…)"),
+        ("device", metadata.device),
         ("sources", f"{len(sources)} ({int((sources.status == 'ok').sum()) if len(sources) else 0} ok)"),
         ("frames annotated", f"{frames_annotated} of {int(sources.frames_read.sum()) if len(sources) else 0} read"),
         ("faces", f"{len(faces)} in {len(tracks)} tracks"),
         ("errors", str(len(errors))),
         ("time taken", f"{elapsed:.1f} s" + (f" ({frames_annotated / elapsed:.2f} frames/s)" if elapsed and elapsed > 0 else "") if not np.isnan(elapsed) else "–"),
-        ("options", json.dumps(options)),
+        ("options", ", ".join(f"{key}={value}" for key, value in options.items())),
     ]
     parts += [f"<dt>{_escape(key)}</dt><dd>{_escape(value)}</dd>" for key, value in run_items]
     parts.append("</dl>")
@@ -242,7 +196,7 @@ def build_report(tables: RunTables, out_html: Path | str, elapsed_s: float | Non
     video_tracks = video_tracks.sort_values(["source", "length"], ascending=[True, False])
     shown_tracks = video_tracks.head(MAX_TIMELINES)
     best_rows = _best_rows(faces, shown_tracks)
-    thumbnails = _thumbnails(faces.loc[list(best_rows.values())], tables.source_paths) if best_rows else {}
+    thumbnails = _thumbnails(faces.loc[list(best_rows.values())], metadata.source_paths) if best_rows else {}
     parts.append("<h2 id='videos'>Videos: emotion timelines per track</h2>")
     if len(video_tracks) > len(shown_tracks):
         parts.append(f"<p class='note'>Showing the {len(shown_tracks)} longest-running tracks of {len(video_tracks)}; "
@@ -268,7 +222,7 @@ def build_report(tables: RunTables, out_html: Path | str, elapsed_s: float | Non
 
     image_faces = faces[faces.media_type == "image"]
     shown_faces = image_faces.head(MAX_IMAGE_FACES)
-    image_thumbnails = _thumbnails(shown_faces, tables.source_paths) if len(shown_faces) else {}
+    image_thumbnails = _thumbnails(shown_faces, metadata.source_paths) if len(shown_faces) else {}
     parts.append("<h2 id='images'>Images: faces and labels</h2>")
     if len(image_faces) > len(shown_faces):
         parts.append(f"<p class='note'>Showing {len(shown_faces)} of {len(image_faces)} image faces.</p>")

@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 from PIL import Image, ImageOps, UnidentifiedImageError  # noqa: E402
 
 from fer_batch import defaults  # noqa: E402
+from fer_batch.options import RunOptions  # noqa: E402
 
 MediaType = Literal["image", "video"]
 
@@ -48,26 +49,9 @@ class MediaSource:
     media_type: MediaType
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Which video frames to annotate: every n-th, or about `target_fps` per second."""
-
-    every_nth: int = defaults.EVERY_NTH_FRAME
-    target_fps: float | None = None
-    max_frames: int | None = None  # per video; None reads to the end
-
-    def __post_init__(self) -> None:
-        if self.every_nth < 1:
-            raise ValueError(f"every-nth must be at least 1, got {self.every_nth}")
-        if self.target_fps is not None and self.target_fps <= 0:
-            raise ValueError(f"target fps must be positive, got {self.target_fps}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise ValueError(f"max frames must be at least 1, got {self.max_frames}")
-
-
 @dataclass
 class Frame:
-    source: MediaSource
+    source: MediaSource | None  # None for frames that come from no file (e.g. calibration images)
     index: int  # position in the file (0 for an image)
     timestamp_s: float
     rgb: np.ndarray  # (H, W, 3) uint8
@@ -94,7 +78,7 @@ def _matches(relative: str, patterns: tuple[str, ...]) -> bool:
 
 def discover_sources(
     paths: list[Path | str],
-    include: tuple[str, ...] = (),
+    glob: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
 ) -> tuple[list[MediaSource], list[tuple[str, str]]]:
     """Media files under `paths`, in a deterministic order, and files given by name that are not media.
@@ -122,7 +106,7 @@ def discover_sources(
             for path in candidates:
                 relative = path.relative_to(root).as_posix()
                 kind = media_type_of(path)
-                if kind is None or (include and not _matches(relative, include)) or _matches(relative, exclude):
+                if kind is None or (glob and not _matches(relative, glob)) or _matches(relative, exclude):
                     continue
                 if path.resolve() not in seen:
                     seen.add(path.resolve())
@@ -239,27 +223,28 @@ class VideoReadReport:
         self.truncated_message: str | None = None
 
 
-def _wanted(index: int, timestamp_s: float, sampling: SamplingConfig, fps: float, last_bucket: list[int]) -> bool:
-    if sampling.target_fps is not None:
+def _wanted(index: int, timestamp_s: float, options: RunOptions, fps: float, last_bucket: list[int]) -> bool:
+    """Whether a decoded frame is annotated: about `options.fps` per second, else every n-th."""
+    if options.fps is not None:
         effective_fps = fps if fps > 0 else 25.0
-        if sampling.target_fps >= effective_fps:
+        if options.fps >= effective_fps:
             return True
-        bucket = int(np.floor(timestamp_s * sampling.target_fps + 1e-6))
+        bucket = int(np.floor(timestamp_s * options.fps + 1e-6))
         if bucket == last_bucket[0]:
             return False
         last_bucket[0] = bucket
         return True
-    return index % sampling.every_nth == 0
+    return index % options.every_nth == 0
 
 
-def iter_video_frames(source: MediaSource, sampling: SamplingConfig, report: VideoReadReport) -> Iterator[Frame]:
+def iter_video_frames(source: MediaSource, options: RunOptions, report: VideoReadReport) -> Iterator[Frame]:
     """Sampled frames of one video, decoded one at a time (skipped frames are only grabbed)."""
     capture, info = open_video(source.path)
     report.info = info
     last_bucket = [-1]
     try:
         index = 0
-        while sampling.max_frames is None or report.frames_sampled < sampling.max_frames:
+        while options.max_frames is None or report.frames_sampled < options.max_frames:
             if not capture.grab():
                 break
             report.frames_read += 1
@@ -269,7 +254,7 @@ def iter_video_frames(source: MediaSource, sampling: SamplingConfig, report: Vid
             )
             if index == 0:
                 timestamp = 0.0 if not position_ms or position_ms < 0 else timestamp
-            if _wanted(index, timestamp, sampling, info.fps, last_bucket):
+            if _wanted(index, timestamp, options, info.fps, last_bucket):
                 ok, bgr = capture.retrieve()
                 if not ok or bgr is None:
                     break
@@ -280,7 +265,7 @@ def iter_video_frames(source: MediaSource, sampling: SamplingConfig, report: Vid
         capture.release()
     if report.frames_read == 0:
         raise MediaError("decode", "video has no decodable frames (empty or corrupt stream)")
-    reached_limit = sampling.max_frames is not None and report.frames_sampled >= sampling.max_frames
+    reached_limit = options.max_frames is not None and report.frames_sampled >= options.max_frames
     if not reached_limit and info.frame_count > 0 and report.frames_read < 0.95 * info.frame_count - 1:
         report.truncated_message = (
             f"video ended early: decoded {report.frames_read} of {info.frame_count} frames the container announces"

@@ -282,9 +282,65 @@ def ensemble_payload(member_payloads: list[dict[str, Any]], **extra: Any) -> dic
     }
 
 
-def _member_from_payload(path: Path, payload: dict[str, Any]) -> EmotionNet:
-    if "model_state" not in payload or "model_config" not in payload:
-        raise ValueError(f"{path}: not a fer-batch checkpoint (missing model_state/model_config)")
+def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict of a file; the only place a checkpoint file is opened."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
+        raise ValueError(f"{path}: not a readable fer-batch checkpoint ({error})") from error
+    if not isinstance(payload, dict) or not ("model_state" in payload or ENSEMBLE_KEY in payload):
+        raise ValueError(f"{path}: not a fer-batch checkpoint (no model_state or ensemble members)")
+    return payload
+
+
+def checkpoint_members(payload: dict[str, Any], origin: str = "") -> list[dict[str, Any]]:
+    """A checkpoint as single-network payloads: itself, or each member of an ensemble with its
+    recorded lineage (`exported_from`), metrics and training config."""
+    if ENSEMBLE_KEY not in payload:
+        return [payload]
+    entries = payload[ENSEMBLE_KEY]
+    count = len(entries)
+    origins = payload.get("exported_from") or [f"{origin}#{index}" for index in range(count)]
+    metrics = payload.get("member_metrics") or [None] * count
+    configs = payload.get("member_training_configs") or [None] * count
+    return [
+        {
+            "format": payload["format"],
+            "model_config": entry["model_config"],
+            "class_names": payload["class_names"],
+            "preprocessing": payload["preprocessing"],
+            "model_state": entry["model_state"],
+            "metrics": metrics[index],
+            "training_config": configs[index],
+            "exported_from": origins[index],
+        }
+        for index, entry in enumerate(entries)
+    ]
+
+
+def member_weights(payload: dict[str, Any], member: int | None, origin: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """One network's architecture and fp32 weights, for fine-tuning: the network of a single
+    checkpoint, or member `member` (1-based) of an ensemble."""
+    members = checkpoint_members(payload, origin)
+    if ENSEMBLE_KEY in payload:
+        if member is None:
+            raise ValueError(f"{origin}: an ensemble checkpoint of {len(members)} members; choose one with --init-member")
+        if not 1 <= member <= len(members):
+            raise ValueError(f"{origin}: --init-member {member} is out of range (members 1 to {len(members)})")
+    elif member is not None:
+        raise ValueError(f"{origin}: not an ensemble checkpoint; --init-member applies only to ensembles")
+    chosen = members[(member or 1) - 1]
+    # Exported ensembles may store fp16 weights (export --half); training runs in fp32.
+    state = {name: value.float() if value.is_floating_point() else value for name, value in chosen["model_state"].items()}
+    return ModelConfig.from_dict(chosen["model_config"]), state
+
+
+def _member_from_payload(payload: dict[str, Any]) -> EmotionNet:
+    if "model_config" not in payload:
+        raise ValueError("not a fer-batch checkpoint (a network without its model_config)")
     member = EmotionNet(ModelConfig.from_dict(payload["model_config"]))
     member.load_state_dict(payload["model_state"])
     return member
@@ -293,18 +349,9 @@ def _member_from_payload(path: Path, payload: dict[str, Any]) -> EmotionNet:
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model from a checkpoint file; labels and preprocessing come from the file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
-        raise ValueError(f"{path}: not a readable fer-batch checkpoint ({error})") from error
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path}: not a fer-batch checkpoint (not a dict)")
-    if ENSEMBLE_KEY in payload:
-        model: EmotionModel = EmotionEnsemble([_member_from_payload(path, member) for member in payload[ENSEMBLE_KEY]])
-    else:
-        model = _member_from_payload(path, payload)
+    payload = read_checkpoint(path, map_location)
+    members = [_member_from_payload(member) for member in checkpoint_members(payload, str(path))]
+    model: EmotionModel = EmotionEnsemble(members) if ENSEMBLE_KEY in payload else members[0]
     # channels_last: the layout oneDNN / cuDNN convolve fastest (about 1.3x on CPU), as in training.
     model.to(memory_format=torch.channels_last).eval()
     known = {"format", "model_config", "class_names", "preprocessing", "model_state", ENSEMBLE_KEY}

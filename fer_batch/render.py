@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from fer_batch.html_report import RunTables
+from fer_batch.results import RunTables
 from fer_batch.labels import emotion_color
 
 
@@ -95,7 +95,7 @@ def render_run(tables: RunTables, out_dir: Path | str) -> tuple[list[Path], list
     """
     out_dir = Path(out_dir)
     written, failed = [], []
-    paths = tables.source_paths
+    paths = tables.metadata.source_paths
     for _, source in tables.sources.iterrows():
         path = paths.get(source.source)
         if source.frames_read == 0:

@@ -1,85 +1,11 @@
-"""Summary tables of a run (per source, per track, errors) and their terminal view."""
+"""The terminal view of a run's summary tables (per source, per track, errors)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from fer_batch.pipeline import AnnotationRun
-from fer_batch.schema import ERROR_SCHEMA, source_summary_schema, track_summary_schema
-
-
-@dataclass
-class RunSummary:
-    class_names: tuple[str, ...]
-    sources: pd.DataFrame
-    tracks: pd.DataFrame
-    errors: pd.DataFrame
-    elapsed_s: float
-
-    @property
-    def totals(self) -> dict[str, float]:
-        frames = int(self.sources["frames_annotated"].sum()) if len(self.sources) else 0
-        return {
-            "sources": len(self.sources),
-            "sources_ok": int((self.sources["status"] == "ok").sum()) if len(self.sources) else 0,
-            "frames_read": int(self.sources["frames_read"].sum()) if len(self.sources) else 0,
-            "frames_annotated": frames,
-            "faces": int(self.sources["faces"].sum()) if len(self.sources) else 0,
-            "tracks": len(self.tracks),
-            "errors": len(self.errors),
-            "seconds": self.elapsed_s,
-            "frames_per_second": frames / self.elapsed_s if self.elapsed_s > 0 else 0.0,
-        }
-
-
-def summarize(run: AnnotationRun) -> RunSummary:
-    names = run.class_names
-    source_rows = []
-    for stats in run.source_stats:
-        counts = stats.emotion_counts if stats.emotion_counts is not None else np.zeros(len(names), np.int64)
-        shares = counts / counts.sum() if counts.sum() else np.zeros(len(names))
-        source_rows.append(
-            {
-                "source": stats.source,
-                "media_type": stats.media_type,
-                "status": stats.status,
-                "frames_read": stats.frames_read,
-                "frames_annotated": stats.frames_annotated,
-                "frames_with_faces": stats.frames_with_faces,
-                "faces": stats.faces,
-                "tracks": len(stats.track_ids),
-                "errors": stats.errors,
-                "dominant_emotion": names[int(np.argmax(counts))] if counts.sum() else None,
-                **{f"share_{name}": np.float32(share) for name, share in zip(names, shares)},
-            }
-        )
-    track_rows = []
-    for track in run.track_stats.values():
-        means = track.probability_sum / max(1, track.length)
-        track_rows.append(
-            {
-                "source": track.source,
-                "track_id": track.track_id,
-                "first_frame": track.first_frame,
-                "last_frame": track.last_frame,
-                "first_timestamp_s": track.first_timestamp_s,
-                "last_timestamp_s": track.last_timestamp_s,
-                "length": track.length,
-                "dominant_emotion": names[int(np.argmax(track.emotion_counts))],
-                **{f"mean_prob_{name}": np.float32(mean) for name, mean in zip(names, means)},
-            }
-        )
-    sources_schema = source_summary_schema(names)
-    tracks_schema = track_summary_schema(names)
-    sources = pd.DataFrame(source_rows, columns=sources_schema.names)
-    tracks = pd.DataFrame(track_rows, columns=tracks_schema.names)
-    errors = pd.DataFrame([vars(error) for error in run.errors], columns=ERROR_SCHEMA.names)
-    return RunSummary(names, sources, tracks, errors, run.elapsed_s)
+from fer_batch.statistics import RunSummary
 
 
 def print_summary(summary: RunSummary, console: Console, max_tracks: int = 30) -> None:

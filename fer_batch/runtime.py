@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import cv2
 import torch
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -17,3 +20,19 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
     return torch.device(name)
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask), not every CPU of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - platforms without affinity masks
+        return os.cpu_count() or 1
+
+
+def configure_threads(threads: int | None) -> int:
+    """Use the same number of threads in torch and OpenCV (default: the CPUs this process may use)."""
+    count = threads or available_cpus()
+    torch.set_num_threads(count)
+    cv2.setNumThreads(count)
+    return count

@@ -20,6 +20,16 @@ def probability_columns(class_names: tuple[str, ...]) -> list[str]:
     return [f"prob_{name}" for name in class_names]
 
 
+# Fields of `fer_batch.faces.Faces` that fill several columns each; every other face-table
+# column is the `Faces` field of the same name, except `source` and `media_type` (one value
+# per batch) and `emotion` and `confidence` (derived from the probabilities).
+BOX_COLUMNS: tuple[str, ...] = ("x1", "y1", "x2", "y2")
+
+
+def column_groups(class_names: tuple[str, ...]) -> dict[str, list[str]]:
+    return {"boxes": list(BOX_COLUMNS), "landmarks": landmark_columns(), "probabilities": probability_columns(class_names)}
+
+
 def annotation_schema(class_names: tuple[str, ...]) -> pa.Schema:
     """One row per face per annotated frame."""
     fields = [

@@ -1,16 +1,15 @@
 """Writers for the annotation table and its companion tables (Parquet or CSV).
 
-Rows are streamed in row groups, so a long run never holds the table in memory.
-Everything is written under a temporary name in the output folder and renamed at
-the end: an interrupted run never leaves a half-written file under the final name.
+Face batches are turned into Arrow record batches column by column and streamed in
+row groups, so a long run never holds the table in memory. Everything is written under
+a temporary name in the output folder and renamed at the end: an interrupted run never
+leaves a half-written file under the final name.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -18,8 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fer_batch import defaults
-from fer_batch.pipeline import FaceAnnotation
-from fer_batch.schema import annotation_schema, landmark_columns, pandas_dtypes, probability_columns
+from fer_batch.faces import Faces
+from fer_batch.results import RunMetadata, meta_json_path
+from fer_batch.schema import annotation_schema, column_groups
 
 
 class OutputPathError(ValueError):
@@ -41,97 +41,89 @@ def check_output_path(path: Path) -> str:
     return suffix[1:]
 
 
-def companion_path(out_path: Path, kind: str) -> Path:
-    """results.parquet -> results.summary.parquet, results.tracks.parquet, results.errors.parquet."""
-    return out_path.with_name(f"{out_path.stem}.{kind}{out_path.suffix}")
-
-
 def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
-def annotations_to_table(annotations: list[FaceAnnotation], class_names: tuple[str, ...]) -> pa.Table:
+def _strings(indices: np.ndarray, values: list[str] | tuple[str, ...]) -> pa.Array:
+    """A string column from an index array into a few distinct values, without a Python object per row."""
+    return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), pa.array(values, pa.string())).cast(pa.string())
+
+
+def faces_to_record_batch(faces: Faces, class_names: tuple[str, ...]) -> pa.RecordBatch:
+    """The face-table rows of a classified batch, built from its arrays (no per-row objects)."""
     schema = annotation_schema(class_names)
-    count = len(annotations)
-    boxes = np.array([a.box for a in annotations], dtype=np.float32).reshape(count, 4)
-    landmarks = np.array([a.landmarks for a in annotations], dtype=np.float32).reshape(count, 10)
-    probabilities = np.array([a.probabilities for a in annotations], dtype=np.float32).reshape(count, len(class_names))
-    columns: dict[str, object] = {
-        "source": [a.source for a in annotations],
-        "media_type": [a.media_type for a in annotations],
-        "frame_index": np.array([a.frame_index for a in annotations], dtype=np.int64),
-        "timestamp_s": np.array([a.timestamp_s for a in annotations], dtype=np.float64),
-        "track_id": np.array([a.track_id for a in annotations], dtype=np.int32),
-        "x1": boxes[:, 0], "y1": boxes[:, 1], "x2": boxes[:, 2], "y2": boxes[:, 3],
-        "det_score": np.array([a.det_score for a in annotations], dtype=np.float32),
-        "detected": np.array([a.detected for a in annotations], dtype=bool),
-        "frame_width": np.array([a.frame_width for a in annotations], dtype=np.int32),
-        "frame_height": np.array([a.frame_height for a in annotations], dtype=np.int32),
-    }
-    for index, name in enumerate(landmark_columns()):
-        columns[name] = landmarks[:, index]
-    for index, name in enumerate(probability_columns(class_names)):
-        columns[name] = probabilities[:, index]
-    columns["emotion"] = [a.emotion for a in annotations]
-    columns["confidence"] = np.array([a.confidence for a in annotations], dtype=np.float32)
-    return pa.Table.from_pydict({name: columns[name] for name in schema.names}, schema=schema)
+    count = len(faces)
+    columns: dict[str, object] = {}
+    for field_name, names in column_groups(class_names).items():
+        values = getattr(faces, field_name).reshape(count, len(names))
+        columns.update({name: values[:, index] for index, name in enumerate(names)})
+    best = faces.probabilities.argmax(axis=1)
+    columns["emotion"] = _strings(best, class_names)
+    columns["confidence"] = faces.probabilities[np.arange(count), best]
+    columns["source"] = _strings(np.zeros(count, np.int32), [faces.source])
+    columns["media_type"] = _strings(np.zeros(count, np.int32), [faces.media_type])
+    arrays = []
+    for field in schema:
+        value = columns[field.name] if field.name in columns else getattr(faces, field.name)
+        arrays.append(value if isinstance(value, pa.Array) else pa.array(np.asarray(value), field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def faces_to_table(batches: list[Faces], class_names: tuple[str, ...]) -> pa.Table:
+    schema = annotation_schema(class_names)
+    return pa.Table.from_batches([faces_to_record_batch(faces, class_names) for faces in batches], schema=schema)
 
 
 class AnnotationWriter:
-    """Streams FaceAnnotation rows to Parquet or CSV; `commit()` renames into place."""
+    """Streams classified `Faces` batches to Parquet or CSV; `commit()` adds the metadata and renames into place."""
 
-    def __init__(
-        self, out_path: Path, class_names: tuple[str, ...], metadata: dict[str, str], rows_per_group: int = 20_000
-    ) -> None:
+    def __init__(self, out_path: Path, class_names: tuple[str, ...], rows_per_group: int = 20_000) -> None:
         self.out_path = Path(out_path)
         self.format = check_output_path(self.out_path)
         self.out_path.parent.mkdir(parents=True, exist_ok=True)
         self.class_names = class_names
-        self.schema = annotation_schema(class_names).with_metadata(metadata)
-        self.metadata = metadata
+        self.schema = annotation_schema(class_names)
         self.rows_per_group = rows_per_group
         self.rows_written = 0
-        self._buffer: list[FaceAnnotation] = []
+        self._buffer: list[pa.RecordBatch] = []
+        self._buffered_rows = 0
         self._temporary = _temporary(self.out_path)
         self._parquet: pq.ParquetWriter | None = None
         self._csv_started = False
 
-    def write(self, annotation: FaceAnnotation) -> None:
-        self._buffer.append(annotation)
-        if len(self._buffer) >= self.rows_per_group:
+    def write(self, faces: Faces) -> None:
+        if len(faces) == 0:
+            return
+        self._buffer.append(faces_to_record_batch(faces, self.class_names))
+        self._buffered_rows += len(faces)
+        if self._buffered_rows >= self.rows_per_group:
             self._flush()
 
-    def write_all(self, annotations: Iterable[FaceAnnotation]) -> None:
-        for annotation in annotations:
-            self.write(annotation)
-
     def _flush(self) -> None:
-        table = annotations_to_table(self._buffer, self.class_names).replace_schema_metadata(self.metadata)
-        self._buffer = []
-        self._write_table(table)
-
-    def _write_table(self, table: pa.Table) -> None:
+        table = pa.Table.from_batches(self._buffer, schema=self.schema) if self._buffer else self.schema.empty_table()
+        self._buffer, self._buffered_rows = [], 0
         if self.format == "parquet":
             if self._parquet is None:
                 self._parquet = pq.ParquetWriter(self._temporary, self.schema, compression="zstd")
             self._parquet.write_table(table)
         else:
-            table.to_pandas().to_csv(self._temporary, mode="a" if self._csv_started else "w", header=not self._csv_started, index=False)
+            table.to_pandas().to_csv(
+                self._temporary, mode="a" if self._csv_started else "w", header=not self._csv_started, index=False
+            )
             self._csv_started = True
         self.rows_written += table.num_rows
 
-    def commit(self, final_metadata: dict[str, str] | None = None) -> Path:
-        """Finish and rename into place; `final_metadata` (known only at the end) goes to CSV's meta.json."""
+    def commit(self, metadata: RunMetadata) -> Path:
+        """Finish, store the metadata document (footer or meta.json) and rename into place."""
         if self._buffer or self.rows_written == 0:
-            if self._buffer:
-                self._flush()
-            else:
-                self._write_table(self.schema.empty_table())
+            self._flush()
         if self._parquet is not None:
+            self._parquet.add_key_value_metadata(metadata.parquet_metadata())
             self._parquet.close()
         os.replace(self._temporary, self.out_path)
         if self.format == "csv":
-            write_json_atomic(self.out_path.with_name(f"{self.out_path.stem}.meta.json"), final_metadata or self.metadata)
+            write_text_atomic(meta_json_path(self.out_path), metadata.to_json())
         return self.out_path
 
     def abort(self) -> None:
@@ -143,33 +135,20 @@ class AnnotationWriter:
         self._temporary.unlink(missing_ok=True)
 
 
-def write_table_atomic(frame: pd.DataFrame, path: Path, schema: pa.Schema, metadata: dict[str, str] | None = None) -> Path:
+def write_table_atomic(frame: pd.DataFrame, path: Path, schema: pa.Schema, metadata: RunMetadata) -> Path:
     """A companion table (summary, tracks, errors) in the format given by its extension."""
     temporary = _temporary(path)
     table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
-    if metadata:
-        table = table.replace_schema_metadata(metadata)
     if path.suffix.lower() == ".parquet":
-        pq.write_table(table, temporary, compression="zstd")
+        pq.write_table(table.replace_schema_metadata(metadata.parquet_metadata()), temporary, compression="zstd")
     else:
         table.to_pandas().to_csv(temporary, index=False)
     os.replace(temporary, path)
     return path
 
 
-def write_json_atomic(path: Path, data: dict) -> Path:
+def write_text_atomic(path: Path, text: str) -> Path:
     temporary = _temporary(path)
-    temporary.write_text(json.dumps(data, indent=2, default=str))
+    temporary.write_text(text)
     os.replace(temporary, path)
     return path
-
-
-def read_annotations(path: Path | str) -> pd.DataFrame:
-    """Read an output table back with the documented dtypes (CSV included)."""
-    path = Path(path)
-    if path.suffix.lower() == ".parquet":
-        return pq.read_table(path).to_pandas()
-    header = pd.read_csv(path, nrows=0).columns
-    class_names = tuple(column[len("prob_") :] for column in header if column.startswith("prob_"))
-    dtypes = pandas_dtypes(annotation_schema(class_names))
-    return pd.read_csv(path, dtype={name: dtype for name, dtype in dtypes.items() if name in header})

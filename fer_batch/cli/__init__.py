@@ -7,6 +7,7 @@ input path, an unsupported --out extension, a bad option value).
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -38,26 +39,30 @@ def annotate(
     out: Path = typer.Option(..., "--out", "-o", help="Output table: .parquet or .csv. Summary, tracks and errors tables are written beside it."),
     glob: list[str] = typer.Option([], "--glob", help="Only files whose relative path or name matches (repeatable)."),
     exclude: list[str] = typer.Option([], "--exclude", help="Skip files whose relative path or name matches (repeatable)."),
-    every_nth: int = typer.Option(defaults.EVERY_NTH_FRAME, "--every-nth", min=1, help="Annotate every n-th video frame."),
+    every_nth: int = typer.Option(defaults.EVERY_NTH, "--every-nth", min=1, help="Annotate every n-th video frame."),
     fps: Optional[float] = typer.Option(None, "--fps", help="Annotate about this many frames per second of video (overrides --every-nth)."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Annotate at most this many frames per video."),
-    threshold: float = typer.Option(defaults.DETECTION_THRESHOLD, "--threshold", help="MTCNN final-stage face probability."),
+    threshold: float = typer.Option(defaults.THRESHOLD, "--threshold", help="MTCNN final-stage face probability."),
     min_face_size: int = typer.Option(defaults.MIN_FACE_SIZE, "--min-face-size", min=1, help="Smallest face, in original-frame pixels."),
-    detect_scale: float = typer.Option(defaults.DETECTION_SCALE, "--detect-scale", help="Resize frames by this before detection (0.5 = 4x fewer pixels)."),
+    detect_scale: float = typer.Option(defaults.DETECT_SCALE, "--detect-scale", help="Resize frames by this before detection (0.5 = 4x fewer pixels)."),
     detect_every: int = typer.Option(defaults.DETECT_EVERY, "--detect-every", min=1, help="Run the detector on every k-th annotated frame; track in between."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    detect_batch: int = typer.Option(defaults.DETECT_BATCH, "--detect-batch", min=1, help="Video frames per detector call (raise it on a GPU)."),
     batch_size: int = typer.Option(defaults.BATCH_SIZE, "--batch-size", min=1, help="Face crops per classifier batch."),
-    detect_batch: int = typer.Option(defaults.DETECTION_BATCH, "--detect-batch", min=1, help="Video frames per detector call (raise it on a GPU)."),
+    track_iou: float = typer.Option(defaults.TRACK_IOU, "--track-iou", help="Least overlap of a track's predicted box and a detection to continue the track."),
+    max_missed: int = typer.Option(defaults.MAX_MISSED, "--max-missed", min=0, help="Detection rounds a track survives without a matching face."),
+    device: str = typer.Option(defaults.DEVICE, "--device", help="auto, cpu or cuda."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint to use instead of the shipped weights."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch and OpenCV (default: the CPUs this process may use)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report here."),
     render: Optional[Path] = typer.Option(None, "--render", help="Also write annotated copies of the inputs into this folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary on the terminal."),
 ) -> None:
     """Detect, track and classify every face in images and videos."""
     console = Console(stderr=True, quiet=quiet)
-    from fer_batch.api import annotate_to_file, build_options
+    from fer_batch.api import annotate_to_file
     from fer_batch.cli.progress import RichProgress
     from fer_batch.media import InputPathError, discover_sources
+    from fer_batch.options import RunOptions
     from fer_batch.pipeline import Annotator
     from fer_batch.report import print_summary
     from fer_batch.writers import OutputPathError, check_output_path
@@ -66,49 +71,47 @@ def annotate(
         check_output_path(out)
         if report is not None and report.suffix.lower() not in {".html", ".htm"}:
             raise ValueError(f"--report must name an .html file, got {report}")
-        options = build_options(
-            device=device, weights=weights, batch_size=batch_size, detection_threshold=threshold,
-            min_face_size=min_face_size, detection_scale=detect_scale, detect_every=detect_every,
-            every_nth=every_nth, target_fps=fps, max_frames=max_frames, include=glob, exclude=exclude,
-            detection_batch=detect_batch,
+        options = RunOptions(
+            glob=tuple(glob), exclude=tuple(exclude), every_nth=every_nth, fps=fps, max_frames=max_frames,
+            threshold=threshold, min_face_size=min_face_size, detect_scale=detect_scale, detect_every=detect_every,
+            detect_batch=detect_batch, batch_size=batch_size, track_iou=track_iou, max_missed=max_missed,
         )
-        sources, unsupported = discover_sources(paths, options.include, options.exclude)
+        sources, unsupported = discover_sources(paths, options.glob, options.exclude)
     except (InputPathError, OutputPathError, ValueError) as error:
         raise _fail(str(error))
     if not sources and not unsupported:
         raise _fail("no images or videos found under the given paths", EXIT_NOTHING_PROCESSED)
     try:
-        annotator = Annotator(options)
+        annotator = Annotator(device=device, weights=weights, threads=threads)
     except (FileNotFoundError, ValueError) as error:
         raise _fail(str(error))
     with RichProgress(console, enabled=not quiet) as progress:
-        result = annotate_to_file(paths, out, annotator=annotator, progress=progress)
+        result = annotate_to_file(paths, out, annotator=annotator, progress=progress, **asdict(options))
     print_summary(result.summary, console)
     console.print(
-        f"wrote {result.rows} rows to [bold]{result.out_path}[/]; summary {result.summary_path.name}, "
+        f"wrote {result.rows} rows to [bold]{escape(str(result.out_path))}[/]; summary {result.summary_path.name}, "
         f"tracks {result.tracks_path.name}, errors {result.errors_path.name}"
     )
     if report is not None or render is not None:
-        _report_and_render(out, report, render, console, elapsed_s=result.summary.elapsed_s)
+        _report_and_render(out, report, render, console)
     if result.summary.totals["sources_ok"] == 0:
         raise typer.Exit(EXIT_NOTHING_PROCESSED)
 
 
-def _report_and_render(
-    results: Path, report: Optional[Path], render: Optional[Path], console: Console, elapsed_s: float | None = None
-) -> None:
-    from fer_batch.html_report import build_report, load_run
+def _report_and_render(results: Path, report: Optional[Path], render: Optional[Path], console: Console) -> None:
+    from fer_batch.html_report import build_report
     from fer_batch.render import render_run
+    from fer_batch.results import read_run
 
-    tables = load_run(results)
+    tables = read_run(results)
     if report is not None:
         with console.status("writing the HTML report"):
-            build_report(tables, report, elapsed_s=elapsed_s)
-        console.print(f"report: [bold]{report}[/]")
+            build_report(tables, report)
+        console.print(f"report: [bold]{escape(str(report))}[/]")
     if render is not None:
         with console.status("rendering annotated copies"):
             written, failed = render_run(tables, render)
-        console.print(f"rendered {len(written)} annotated files into [bold]{render}[/]")
+        console.print(f"rendered {len(written)} annotated files into [bold]{escape(str(render))}[/]")
         for source, reason in failed:
             Console(stderr=True).print(f"[yellow]could not render {escape(source)}: {escape(reason)}[/]")
 
@@ -126,7 +129,7 @@ def report_command(
         raise _fail(f"--out must name an .html file, got {out}")
     try:
         _report_and_render(results, out, render, console)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         raise _fail(str(error))
 
 

@@ -17,11 +17,13 @@ import cv2
 import numpy as np
 import torch
 
-from fer_batch.detection import DetectorConfig, FaceDetector
+from fer_batch.detection import FaceDetector
+from fer_batch.media import Frame
 from fer_batch.training.data import load_split
 
 UPSCALE = 4
 PAD_FRACTION = 0.25
+MIN_FACE_SIZE = 60  # the subject's face, not small faces in the padding
 
 
 def measure_landmarks(images: np.ndarray, detector: FaceDetector, batch: int = 32) -> np.ndarray:
@@ -34,14 +36,17 @@ def measure_landmarks(images: np.ndarray, detector: FaceDetector, batch: int = 3
         for image in images[start : start + batch]:
             big = cv2.resize(image, None, fx=UPSCALE, fy=UPSCALE, interpolation=cv2.INTER_CUBIC)
             big = cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-            frames.append(cv2.cvtColor(big, cv2.COLOR_GRAY2RGB))
-        for detections in detector.detect(frames):
-            if not detections:
+            frames.append(Frame(None, len(frames), 0.0, cv2.cvtColor(big, cv2.COLOR_GRAY2RGB)))
+        faces = detector.detect(frames, min_face_size=MIN_FACE_SIZE)
+        areas = faces.box_areas()
+        for index in range(len(frames)):
+            rows = np.flatnonzero(faces.frame_index == index)
+            if len(rows) == 0:
                 continue
-            best = max(detections, key=lambda detection: detection.area)
-            if best.width < size * UPSCALE * 0.5:
+            best = rows[np.argmax(areas[rows])]
+            if faces.boxes[best, 2] - faces.boxes[best, 0] < size * UPSCALE * 0.5:
                 continue  # a small face elsewhere in the image, not the subject
-            found.append((best.landmarks - pad) / UPSCALE)
+            found.append((faces.landmarks[best] - pad) / UPSCALE)
     return np.stack(found) if found else np.empty((0, 5, 2))
 
 
@@ -53,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     dataset = load_split(args.data, "train")
     indices = np.random.default_rng(args.seed).permutation(len(dataset))[: args.count]
-    detector = FaceDetector(DetectorConfig(min_face_size=60), torch.device("cpu"))
+    detector = FaceDetector(torch.device("cpu"))
     landmarks = measure_landmarks(dataset.images[indices], detector)
     median = np.median(landmarks, axis=0)
     spread = np.median(np.abs(landmarks - median), axis=0)

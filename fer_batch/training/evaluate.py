@@ -64,7 +64,7 @@ def detect_dataset(
 ) -> tuple[FaceDataset, list[tuple[str, str]]]:
     """Crops of the largest face of each photo under <emotion>/ folders; errors for photos without one."""
     from fer_batch.detection import FaceDetector
-    from fer_batch.media import MediaError, read_image
+    from fer_batch.media import Frame, MediaError, read_image
     from fer_batch.preprocess import align_face, to_grayscale
 
     detector = FaceDetector(device=device)
@@ -85,12 +85,12 @@ def detect_dataset(
         except MediaError as error:
             errors.append((name, error.message))
             continue
-        detections = detector.detect([rgb])[0]
-        if not detections:
+        faces = detector.detect([Frame(None, 0, 0.0, rgb)])
+        if not len(faces):
             errors.append((name, "no face detected"))
             continue
-        largest = max(detections, key=lambda detection: detection.area)
-        crops.append(align_face(to_grayscale(rgb), largest.landmarks, checkpoint.preprocessing))
+        largest = int(np.argmax(faces.box_areas()))
+        crops.append(align_face(to_grayscale(rgb), faces.landmarks[largest], checkpoint.preprocessing))
         labels.append(label)
         names.append(name)
     if not crops:

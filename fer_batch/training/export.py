@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from fer_batch.model import ENSEMBLE_KEY, ensemble_payload, file_sha256, save_checkpoint
+from fer_batch.model import checkpoint_members, ensemble_payload, file_sha256, read_checkpoint, save_checkpoint
 from fer_batch.preprocess import Preprocessing
 
 # Run-checkpoint entries that describe the network rather than the state of its training.
@@ -41,35 +41,15 @@ def _shipped_preprocessing(saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_members(source: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(origin, member payload) for a run checkpoint, or for each member of an exported ensemble."""
-    payload = torch.load(source, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or not ("model_state" in payload or ENSEMBLE_KEY in payload):
-        raise ValueError(f"{source}: not a fer-batch checkpoint")
-    if ENSEMBLE_KEY not in payload:
-        member = {key: payload[key] for key in _INFERENCE_KEYS if key in payload}
-        member["preprocessing"] = _shipped_preprocessing(payload["preprocessing"])
-        member["training_config"] = payload.get("training_config")
-        return [(str(source), member)]
-    # An exported ensemble: its members join individually, with the lineage recorded at their export.
-    count = len(payload[ENSEMBLE_KEY])
-    origins = payload.get("exported_from") or [f"{source}#{index}" for index in range(count)]
-    metrics = payload.get("member_metrics") or [None] * count
-    configs = payload.get("member_training_configs") or [None] * count
-    return [
-        (
-            str(origins[index]),
-            {
-                "format": payload["format"],
-                "model_config": entry["model_config"],
-                "class_names": payload["class_names"],
-                "preprocessing": _shipped_preprocessing(payload["preprocessing"]),
-                "model_state": entry["model_state"],
-                "metrics": metrics[index],
-                "training_config": configs[index],
-            },
-        )
-        for index, entry in enumerate(payload[ENSEMBLE_KEY])
-    ]
+    """(origin, member payload) for a run checkpoint, or for each member of an exported ensemble
+    (which join individually, with the lineage recorded at their export)."""
+    members = []
+    for member in checkpoint_members(read_checkpoint(source), str(source)):
+        kept = {key: member[key] for key in _INFERENCE_KEYS if key in member}
+        kept["preprocessing"] = _shipped_preprocessing(member["preprocessing"])
+        kept["training_config"] = member.get("training_config")
+        members.append((str(member.get("exported_from") or source), kept))
+    return members
 
 
 def _half_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from fer_batch.labels import EMOTIONS
 from fer_batch.model import (
-    ENSEMBLE_KEY, MODEL_PRESETS, EmotionNet, ModelConfig, checkpoint_payload, save_checkpoint,
+    MODEL_PRESETS, EmotionNet, ModelConfig, checkpoint_payload, member_weights, read_checkpoint, save_checkpoint,
 )
 from fer_batch.preprocess import Preprocessing, normalize_crops
 from fer_batch.runtime import resolve_device
@@ -237,7 +237,7 @@ class Trainer:
         last = self.out_dir / "last.pt"
         if not last.is_file():
             return False
-        payload = torch.load(last, map_location=self.device, weights_only=False)
+        payload = read_checkpoint(last, self.device)
         self.model.load_state_dict(payload["model_state"])
         self.epoch = int(payload["epoch"])
         self._start_stage(payload["stage"])
@@ -262,24 +262,11 @@ class Trainer:
         return True
 
     def _load_initial_weights(self, path: Path, member: int | None = None) -> None:
-        payload = torch.load(path, map_location=self.device, weights_only=False)
-        if ENSEMBLE_KEY in payload:
-            members = payload[ENSEMBLE_KEY]
-            if member is None:
-                raise ValueError(
-                    f"{path}: an ensemble checkpoint of {len(members)} members; choose one with --init-member"
-                )
-            if not 1 <= member <= len(members):
-                raise ValueError(f"{path}: --init-member {member} is out of range (members 1 to {len(members)})")
-            source, origin = members[member - 1], f"member {member} of {path}"
-        elif member is not None:
-            raise ValueError(f"{path}: not an ensemble checkpoint; --init-member applies only to ensembles")
-        else:
-            source, origin = payload, f"{path} (epoch {payload.get('epoch')})"
-        if source.get("model_config") != self.config.model.to_dict():
+        payload = read_checkpoint(path, self.device)
+        origin = f"member {member} of {path}" if member is not None else f"{path} (epoch {payload.get('epoch')})"
+        config, state = member_weights(payload, member, str(path))
+        if config != self.config.model:
             raise ValueError(f"{origin}: its model configuration differs from this run's; cannot start from it")
-        # Exported ensembles may store fp16 weights (export --half); training runs in fp32.
-        state = {name: value.float() if value.is_floating_point() else value for name, value in source["model_state"].items()}
         self.model.load_state_dict(state)
         self.log(f"starting from the weights of {origin}")
 
@@ -390,7 +377,7 @@ class Trainer:
             total_epochs = min(total_epochs, self.epoch + stop_after)
         while self.epoch < total_epochs:
             if self.stage == "frame" and self.epoch >= self.config.epochs:
-                best = torch.load(self.out_dir / "best.pt", map_location=self.device, weights_only=False)
+                best = read_checkpoint(self.out_dir / "best.pt", self.device)
                 self.model.load_state_dict(best["model_state"])
                 self._start_stage("temporal")
             started = time.time()
@@ -430,7 +417,7 @@ class Trainer:
                 f"{metrics['test_accuracy']:.4f} macro-F1 {metrics['test_macro_f1']:.4f} clip acc "
                 f"{metrics.get('clip_accuracy', float('nan')):.4f} | {row['seconds']:.0f}s{' *best*' if improved else ''}"
             )
-        best = torch.load(self.out_dir / "best.pt", map_location="cpu", weights_only=False)
+        best = read_checkpoint(self.out_dir / "best.pt")
         return TrainResult(
             self.out_dir / "best.pt", self.out_dir / "last.pt", self.out_dir / "metrics.csv",
             float(best["metrics"]["test_accuracy"]),
