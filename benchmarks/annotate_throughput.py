@@ -17,16 +17,15 @@ from pathlib import Path
 
 import torch
 
-from fer_batch.api import build_options
-from fer_batch.media import SamplingConfig
+from fer_batch.options import RunOptions
 from fer_batch.pipeline import Annotator
 
 DEFAULT_VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "media" / "walking-crowd-1080p.mp4"
 
 CONFIGURATIONS = (
     ("defaults (scale 1.0, detect every frame)", {}),
-    ("--detect-scale 0.5", {"detector_scale": 0.5}),
-    ("--detect-scale 0.5 --detect-every 3", {"detector_scale": 0.5, "detect_every": 3}),
+    ("--detect-scale 0.5", {"detect_scale": 0.5}),
+    ("--detect-scale 0.5 --detect-every 3", {"detect_scale": 0.5, "detect_every": 3}),
     ("--detect-every 5", {"detect_every": 5}),
 )
 
@@ -63,29 +62,20 @@ def main() -> None:
         raise SystemExit(f"benchmark video not found: {args.video}")
 
     started = time.perf_counter()
-    base = Annotator(build_options(device=args.device))
+    annotator = Annotator(device=args.device)
     load_seconds = time.perf_counter() - started
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, device {base.device}")
-    print(f"video: {args.video.name}; weights: {base.checkpoint.name}; model+detector load {load_seconds:.1f} s")
-    print(classifier_speed(base))
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, device {annotator.device}")
+    print(f"video: {args.video.name}; weights: {annotator.checkpoint.name}; model+detector load {load_seconds:.1f} s")
+    print(classifier_speed(annotator))
     print(f"{'configuration':48s} {'frames':>6s} {'faces':>6s} {'tracks':>6s} {'seconds':>8s} {'frames/s':>9s} {'faces/s':>8s}")
     for label, changes in CONFIGURATIONS:
-        detector = base.options.detector
-        if "detector_scale" in changes:
-            from dataclasses import replace
-
-            detector = replace(detector, scale=changes["detector_scale"])
-        annotator = base.with_options(
-            detector=detector,
-            detect_every=changes.get("detect_every", 1),
-            sampling=SamplingConfig(max_frames=args.max_frames),
-        )
-        run = annotator.run([args.video])
+        run = annotator.run([args.video], RunOptions(max_frames=args.max_frames, **changes))
         begin = time.perf_counter()
-        faces = sum(1 for _ in run)
+        faces = sum(len(batch) for batch in run)
         seconds = time.perf_counter() - begin
-        frames = run.source_stats[0].frames_annotated
-        tracks = len(run.track_stats)
+        summary = run.summary()
+        frames = int(summary.sources.frames_annotated.sum())
+        tracks = len(summary.tracks)
         print(f"{label:48s} {frames:6d} {faces:6d} {tracks:6d} {seconds:8.1f} {frames / seconds:9.2f} {faces / seconds:8.1f}")
 
 

@@ -9,16 +9,14 @@ import sys
 from collections import Counter
 
 import fer_batch
-from fer_batch.api import build_options
-from fer_batch.pipeline import Annotator
 
 
 def main(folder: str) -> None:
-    # Load the detector and the shipped CNN-GRU once; reuse them for every call.
-    annotator = Annotator(build_options(device="auto", max_frames=25, detection_scale=0.75))
+    # Load the detector and the shipped CNN-GRU once; reuse them for every call, with any run options.
+    annotator = fer_batch.Annotator(device="auto")
 
     # 1. Small job: one DataFrame, one row per face per annotated frame.
-    faces = fer_batch.annotate([folder], annotator=annotator)
+    faces = fer_batch.annotate([folder], annotator=annotator, max_frames=25, detect_scale=0.75)
     print(faces[["source", "frame_index", "track_id", "emotion", "confidence"]].head(10).to_string(index=False))
     print("errors:", faces.attrs["errors"].to_dict("records"))
 
@@ -26,10 +24,11 @@ def main(folder: str) -> None:
     videos = faces[faces.media_type == "video"]
     print(videos.groupby(["source", "track_id"]).emotion.agg(lambda e: e.mode().iloc[0]).head())
 
-    # 2. Large job: stream rows in constant memory (e.g. into a database or a running tally).
+    # 2. Large job: stream columnar batches in constant memory (e.g. into a database or a running tally).
     tally: Counter[str] = Counter()
-    for face in fer_batch.iter_annotations([folder], annotator=annotator):
-        tally[face.emotion] += 1
+    for batch in fer_batch.iter_faces([folder], annotator=annotator, max_frames=25):
+        best = batch.probabilities.argmax(axis=1)
+        tally.update(annotator.class_names[index] for index in best)
     print("faces per emotion:", dict(tally))
 
 

@@ -12,19 +12,20 @@ Options are keywords with the CLI's names (`--detect-scale 0.5` is `detect_scale
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import pandas as pd
 
-from fer_batch.faces import FaceRow, Faces
+from fer_batch.faces import Faces
 from fer_batch.options import ModelOptions, split_options
 from fer_batch.pipeline import AnnotationRun, Annotator, ProgressListener
 from fer_batch.results import companion_path
-from fer_batch.schema import ERROR_SCHEMA, source_summary_schema, track_summary_schema
+from fer_batch.schema import ERROR_SCHEMA, annotation_schema, source_summary_schema, track_summary_schema
 from fer_batch.statistics import RunSummary
-from fer_batch.writers import AnnotationWriter, check_output_path, faces_to_table, write_table_atomic
+from fer_batch.writers import AnnotationWriter, check_output_path, faces_to_record_batch, faces_to_table, write_table_atomic
 
 
 def _start(
@@ -51,11 +52,13 @@ def iter_faces(paths: list[str | Path], annotator: Annotator | None = None, **op
     yield from _start(paths, annotator, None, options)
 
 
-def iter_annotations(paths: list[str | Path], annotator: Annotator | None = None, **options: Any) -> Iterator[FaceRow]:
-    """Stream one row per face; pass an `Annotator` to reuse loaded models across calls."""
+def iter_annotations(paths: list[str | Path], annotator: Annotator | None = None, **options: Any) -> Iterator[tuple]:
+    """Stream one row per face, a named tuple with the face table's columns (`row.emotion`, `row.prob_happy`)."""
     run = _start(paths, annotator, None, options)
+    row = namedtuple("FaceRow", annotation_schema(run.class_names).names)
     for faces in run:
-        yield from faces.rows(run.class_names)
+        for values in faces_to_record_batch(faces, run.class_names).to_pylist():
+            yield row(**values)
 
 
 def annotate(paths: list[str | Path], annotator: Annotator | None = None, **options: Any) -> pd.DataFrame:

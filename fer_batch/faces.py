@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
-
 import numpy as np
 
 LANDMARK_COUNT = 5
@@ -96,40 +94,3 @@ class Faces:
         """(N,) box areas in original-frame pixels."""
         sides = np.clip(self.boxes[:, 2:] - self.boxes[:, :2], 0, None)
         return sides[:, 0] * sides[:, 1]
-
-    def rows(self, class_names: tuple[str, ...]) -> Iterator["FaceRow"]:
-        """One named tuple per face: for users who want rows, at the end of the pipeline."""
-        probabilities = self.probabilities
-        best = probabilities.argmax(axis=1)
-        for index in range(len(self)):
-            yield FaceRow(
-                source=self.source,
-                media_type=self.media_type,
-                frame_index=int(self.frame_index[index]),
-                timestamp_s=float(self.timestamp_s[index]),
-                track_id=int(self.track_id[index]),
-                box=tuple(float(value) for value in self.boxes[index]),
-                det_score=float(self.det_score[index]),
-                detected=bool(self.detected[index]),
-                landmarks=self.landmarks[index],
-                probabilities=probabilities[index],
-                emotion=class_names[best[index]],
-                confidence=float(probabilities[index, best[index]]),
-            )
-
-
-class FaceRow(NamedTuple):
-    """One face on one frame, as `iter_annotations` yields it."""
-
-    source: str
-    media_type: str
-    frame_index: int
-    timestamp_s: float
-    track_id: int
-    box: tuple[float, float, float, float]
-    det_score: float
-    detected: bool
-    landmarks: np.ndarray  # (5, 2)
-    probabilities: np.ndarray  # (C,)
-    emotion: str
-    confidence: float

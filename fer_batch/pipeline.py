@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
@@ -73,7 +73,8 @@ class SourceStarted:
 
 @dataclass
 class FrameBatch:
-    """Consecutive annotated frames of one source and their faces; `frames` is emptied once crops are cut."""
+    """Consecutive annotated frames of one source and their faces. Stages pass on new batches rather
+    than change the ones they receive; the crop stage passes them on without their frames."""
 
     run: SourceRun
     frames: list[Frame]
@@ -162,11 +163,11 @@ def detect_faces(events: Iterable[Event], detector: FaceDetector, options: RunOp
 
     def detect(batch: FrameBatch) -> FrameBatch:
         chosen = [frame for frame, flag in zip(batch.frames, batch.detect) if flag]
-        batch.faces = detector.detect(
+        faces = detector.detect(
             chosen, batch.run.source.relative, batch.run.source.media_type, threshold=options.threshold,
             min_face_size=options.min_face_size, detect_scale=options.detect_scale,
         )
-        return batch
+        return replace(batch, faces=faces)
 
     def flush() -> Iterator[Event]:
         nonlocal window
@@ -184,9 +185,9 @@ def detect_faces(events: Iterable[Event], detector: FaceDetector, options: RunOp
         if isinstance(event, FrameBatch):
             if event.run.failed:
                 continue
-            event.detect = [(sampled + offset) % options.detect_every == 0 for offset in range(event.frame_count)]
+            flags = [(sampled + offset) % options.detect_every == 0 for offset in range(event.frame_count)]
             sampled += event.frame_count
-            window.append(event)
+            window.append(replace(event, detect=flags))
             if sum(flag for batch in window for flag in batch.detect) >= options.detect_batch:
                 yield from flush()
             continue
@@ -205,8 +206,7 @@ def track_faces(events: Iterable[Event], options: RunOptions) -> Iterator[Event]
     def track(batch: FrameBatch) -> FrameBatch:
         detections = batch.faces
         if batch.run.source.media_type == "image":
-            batch.faces = detections.replace(track_id=np.arange(1, len(detections) + 1, dtype=np.int32))
-            return batch
+            return replace(batch, faces=detections.replace(track_id=np.arange(1, len(detections) + 1, dtype=np.int32)))
         per_frame = []
         for frame, detected in zip(batch.frames, batch.detect):
             if detected:
@@ -214,8 +214,7 @@ def track_faces(events: Iterable[Event], options: RunOptions) -> Iterator[Event]
             else:
                 height, width = frame.rgb.shape[:2]
                 per_frame.append(tracker.carry_forward(detections, frame.index, frame.timestamp_s, (width, height)))
-        batch.faces = Faces.concat(per_frame)
-        return batch
+        return replace(batch, faces=Faces.concat(per_frame))
 
     for event in events:
         if isinstance(event, SourceStarted):
@@ -251,9 +250,7 @@ def crop_faces(events: Iterable[Event], preprocessing: Preprocessing) -> Iterato
                     crops[row] = align_face(gray, faces.landmarks[row], preprocessing)
                 except ValueError:
                     crops[row] = align_face(gray, landmarks_from_box(faces.boxes[row], preprocessing), preprocessing)
-        batch.faces = faces.replace(crops=crops)
-        batch.frames = []
-        return batch
+        return replace(batch, frames=[], faces=faces.replace(crops=crops))
 
     for event in events:
         if isinstance(event, FrameBatch):
@@ -271,6 +268,7 @@ def classify_faces(events: Iterable[Event], classifier: SequenceClassifier, batc
     def flush() -> Iterator[Event]:
         nonlocal pending, pending_faces
         batches = [event for event in pending if isinstance(event, FrameBatch) and not event.run.failed]
+        classified: dict[int, FrameBatch] = {}
         if batches:
             try:
                 probabilities = _classify_in_chunks(classifier, batches, batch_size)
@@ -278,10 +276,13 @@ def classify_faces(events: Iterable[Event], classifier: SequenceClassifier, batc
                 for batch in batches:
                     batch.run.fail("classify", error)
             else:
-                for batch, part in zip(batches, probabilities):
-                    batch.faces = batch.faces.replace(probabilities=part, crops=None)
+                classified = {
+                    id(batch): replace(batch, faces=batch.faces.replace(probabilities=part, crops=None))
+                    for batch, part in zip(batches, probabilities)
+                }
         events_out, pending, pending_faces = pending, [], 0
         for event in events_out:
+            event = classified.get(id(event), event)
             if isinstance(event, FrameBatch) and event.run.failed:
                 continue
             if isinstance(event, SourceFinished):

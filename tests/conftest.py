@@ -9,7 +9,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
-CROWD_FRAMES = 20
+CROWD_FRAMES = 105  # the whole shared crowd clip
+GOLDEN = REPO / "tests" / "golden" / "media-all-frames.parquet"
 
 
 def require_shared(*parts: str) -> Path:
@@ -43,19 +44,16 @@ def shipped_weights() -> Path:
 
 @pytest.fixture(scope="session")
 def annotator(shipped_weights):
-    from fer_batch.api import build_options
     from fer_batch.pipeline import Annotator
 
-    return Annotator(build_options(device="cpu"))
+    return Annotator(device="cpu")
 
 
 @pytest.fixture(scope="session")
 def media_run(tmp_path_factory, media_dir, annotator):
-    """The group photo, the four portraits and the first frames of the crowd video, written to Parquet."""
+    """`fer annotate ../shared/media` with default options (every frame of the crowd clip), as Parquet:
+    the run the golden file was recorded from, shared by the tests that read its output."""
     from fer_batch.api import annotate_to_file
-    from fer_batch.media import SamplingConfig
 
     out = tmp_path_factory.mktemp("media_run") / "results.parquet"
-    sampled = annotator.with_options(sampling=SamplingConfig(max_frames=CROWD_FRAMES))
-    inputs = [media_dir / "group-six-faces.jpg", *sorted(media_dir.glob("portrait-*.jpg")), media_dir / "walking-crowd-1080p.mp4"]
-    return annotate_to_file(inputs, out, annotator=sampled)
+    return annotate_to_file([media_dir], out, annotator=annotator)

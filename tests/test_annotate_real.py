@@ -12,7 +12,7 @@ import pytest
 from fer_batch.labels import EMOTIONS
 from fer_batch.schema import annotation_schema, landmark_columns, pandas_dtypes, probability_columns
 from fer_batch.tracking import box_iou
-from fer_batch.writers import read_annotations
+from fer_batch.results import read_run
 from tests.conftest import CROWD_FRAMES
 
 
@@ -54,8 +54,11 @@ def test_crowd_video_track_ids_are_stable_frame_to_frame(faces):
             same_id += int(now.track_id.iloc[i] == later.track_id.iloc[j])
     assert persisting >= 4 * (CROWD_FRAMES - 1)  # several faces persist through the clip
     assert same_id / persisting > 0.97
-    per_frame = video.groupby("frame_index").size()
-    assert video.track_id.nunique() <= 2 * per_frame.max()  # ids are not re-issued frame after frame
+    # Ids are not re-issued frame after frame: people entering and leaving over the 4.2 s clip make new
+    # tracks, but most faces belong to tracks that last 20 frames or more.
+    lengths = video.groupby("track_id").size()
+    assert video.track_id.nunique() <= 3 * video.groupby("frame_index").size().max()
+    assert lengths[lengths >= 20].sum() / len(video) > 0.9
 
 
 def test_parquet_schema_dtypes_and_probabilities(media_run, faces):
@@ -71,23 +74,32 @@ def test_parquet_schema_dtypes_and_probabilities(media_run, faces):
     assert all(faces[column].dtype == np.float32 for column in ["x1", "det_score", *landmark_columns()])
 
 
-def test_parquet_metadata_names_version_weights_and_options(media_run, shipped_weights):
+def test_every_table_carries_one_plain_json_metadata_document(media_run, shipped_weights, media_dir):
     from fer_batch.model import file_sha256
+    from fer_batch.options import ALL_OPTION_NAMES
+    from fer_batch.results import METADATA_KEY
 
-    metadata = {k.decode(): v.decode() for k, v in pq.read_schema(media_run.out_path).metadata.items()}
-    assert metadata["fer_batch.weights"] == shipped_weights.name
-    assert metadata["fer_batch.weights_sha256"] == file_sha256(shipped_weights)
-    assert json.loads(metadata["fer_batch.class_names"]) == list(EMOTIONS)
-    options = json.loads(metadata["fer_batch.options"])
-    assert options["sampling"]["max_frames"] == CROWD_FRAMES and options["detector"]["threshold"] > 0
-    assert metadata["fer_batch.version"]
+    documents = {
+        path.name: json.loads(pq.read_metadata(path).metadata[METADATA_KEY.encode()])
+        for path in (media_run.out_path, media_run.summary_path, media_run.tracks_path, media_run.errors_path)
+    }
+    assert len({json.dumps(document, sort_keys=True) for document in documents.values()}) == 1  # the same everywhere
+    metadata = documents["results.parquet"]
+    assert metadata["weights"] == shipped_weights.name
+    assert metadata["weights_sha256"] == file_sha256(shipped_weights)
+    assert metadata["class_names"] == list(EMOTIONS)
+    assert metadata["device"] == "cpu" and metadata["version"]
+    assert set(metadata["options"]) == set(ALL_OPTION_NAMES)  # every option by its CLI name, as JSON values
+    assert metadata["options"]["threshold"] == 0.9 and metadata["options"]["glob"] == []
+    assert metadata["inputs"] == [str(media_dir)] and metadata["elapsed_s"] > 0
+    assert metadata["source_paths"]["group-six-faces.jpg"] == str((media_dir / "group-six-faces.jpg").resolve())
 
 
 def test_summary_and_tracks_tables(media_run):
     sources = pd.read_parquet(media_run.summary_path)
     tracks = pd.read_parquet(media_run.tracks_path)
     errors = pd.read_parquet(media_run.errors_path)
-    assert len(errors) == 0
+    assert len(errors) == 0 and (sources.status == "ok").all()
     video = sources.set_index("source").loc["walking-crowd-1080p.mp4"]
     assert video.frames_read == CROWD_FRAMES and video.frames_annotated == CROWD_FRAMES
     assert video.faces == len(pd.read_parquet(media_run.out_path).query("source == 'walking-crowd-1080p.mp4'"))
@@ -101,36 +113,47 @@ def test_summary_and_tracks_tables(media_run):
     assert np.allclose(means, 1.0, atol=1e-3)
 
 
-def test_csv_output_reads_back_with_documented_dtypes(tmp_path, media_dir, annotator):
+def test_csv_output_reads_back_like_parquet_with_the_same_metadata(tmp_path, media_dir, annotator):
     from fer_batch.api import annotate_to_file
 
-    result = annotate_to_file([media_dir / "group-six-faces.jpg"], tmp_path / "faces.csv", annotator=annotator)
-    plain = pd.read_csv(result.out_path)
-    assert len(plain) == 6 and np.allclose(plain[probability_columns(EMOTIONS)].sum(axis=1), 1.0, atol=1e-4)
-    typed = read_annotations(result.out_path)
+    inputs = [media_dir / "group-six-faces.jpg", media_dir / "walking-crowd-1080p.mp4"]
+    as_csv = annotate_to_file(inputs, tmp_path / "faces.csv", annotator=annotator, max_frames=3)
+    as_parquet = annotate_to_file(inputs, tmp_path / "faces.parquet", annotator=annotator, max_frames=3)
+    plain = pd.read_csv(as_csv.out_path)
+    assert len(plain) > 6 and np.allclose(plain[probability_columns(EMOTIONS)].sum(axis=1), 1.0, atol=1e-4)
+    csv_run, parquet_run = read_run(as_csv.out_path), read_run(as_parquet.out_path)
     expected = pandas_dtypes(annotation_schema(EMOTIONS))
-    assert {column: str(dtype) for column, dtype in typed.dtypes.items()} == expected
-    assert (tmp_path / "faces.summary.csv").is_file() and (tmp_path / "faces.errors.csv").is_file()
-    assert json.loads((tmp_path / "faces.meta.json").read_text())["fer_batch.weights"]
+    assert {column: str(dtype) for column, dtype in csv_run.faces.dtypes.items()} == expected
+    pd.testing.assert_frame_equal(csv_run.faces, parquet_run.faces.astype(csv_run.faces.dtypes), atol=1e-6)
+    for table in ("sources", "tracks", "errors"):
+        pd.testing.assert_frame_equal(getattr(csv_run, table), getattr(parquet_run, table), check_dtype=False, atol=1e-6)
+    assert csv_run.metadata.options == parquet_run.metadata.options and csv_run.metadata.options["max_frames"] == 3
+    assert csv_run.metadata.inputs == [str(path) for path in inputs]
+    assert (tmp_path / "faces.meta.json").is_file() and (tmp_path / "faces.summary.csv").is_file()
 
 
-def test_python_api_dataframe_and_stream(media_dir, annotator):
-    from fer_batch.api import annotate, iter_annotations
+def test_python_api_dataframe_rows_and_batches_agree(media_dir, annotator):
+    from fer_batch.api import annotate, iter_annotations, iter_faces
 
     frame = annotate([media_dir / "group-six-faces.jpg"], annotator=annotator)
     assert len(frame) == 6 and list(frame.columns) == annotation_schema(EMOTIONS).names
     assert len(frame.attrs["errors"]) == 0 and frame.attrs["sources"].faces.sum() == 6
     streamed = list(iter_annotations([media_dir / "group-six-faces.jpg"], annotator=annotator))
     assert [face.track_id for face in streamed] == list(frame.track_id)
-    assert np.allclose(np.stack([face.probabilities for face in streamed]), frame[probability_columns(EMOTIONS)].to_numpy())
+    rows = pd.DataFrame(streamed)
+    assert list(rows.columns) == list(frame.columns)  # a row has the face table's columns
+    columns = probability_columns(EMOTIONS) + ["x1", "y1", "x2", "y2", "confidence"]
+    assert np.array_equal(rows[columns].to_numpy(np.float32), frame[columns].to_numpy(np.float32))
+    assert [face.emotion for face in streamed] == list(frame.emotion)
+    batches = list(iter_faces([media_dir / "group-six-faces.jpg"], annotator=annotator))
+    assert len(batches) == 1 and batches[0].crops is None  # crops are let go once classified
+    assert np.array_equal(batches[0].boxes, frame[["x1", "y1", "x2", "y2"]].to_numpy())
 
 
-def test_detect_every_k_tracks_in_between(tmp_path, media_dir, annotator):
+def test_detect_every_k_tracks_in_between(media_dir, annotator):
     from fer_batch.api import annotate
-    from fer_batch.media import SamplingConfig
 
-    sparse = annotator.with_options(detect_every=3, sampling=SamplingConfig(max_frames=6))
-    frame = annotate([media_dir / "walking-crowd-1080p.mp4"], annotator=sparse)
+    frame = annotate([media_dir / "walking-crowd-1080p.mp4"], annotator=annotator, detect_every=3, max_frames=6)
     detected_frames = sorted(frame[frame.detected].frame_index.unique())
     assert detected_frames == [0, 3]
     carried = frame[~frame.detected]

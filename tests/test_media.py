@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fer_batch.options import RunOptions
 from fer_batch.media import (
     InputPathError,
     MediaError,
     MediaSource,
-    SamplingConfig,
     VideoReadReport,
     background_frames,
     discover_sources,
@@ -40,9 +40,9 @@ def test_discovery_is_recursive_sorted_case_insensitive_and_filtered(tmp_path):
     assert [s.relative for s in sources] == ["a/deep/x.png", "a/y.MP4", "b/z.JPG"]
     assert [s.media_type for s in sources] == ["image", "video", "image"]
     assert unsupported == []  # unknown files inside folders are simply not media
-    only_videos, _ = discover_sources([tmp_path], include=("*.mp4",))
+    only_videos, _ = discover_sources([tmp_path], glob=("*.mp4",))
     assert [s.relative for s in only_videos] == ["a/y.MP4"]
-    by_path, _ = discover_sources([tmp_path], include=("a/deep/*",))
+    by_path, _ = discover_sources([tmp_path], glob=("a/deep/*",))
     assert [s.relative for s in by_path] == ["a/deep/x.png"]
 
 
@@ -119,15 +119,15 @@ def test_bad_images_raise_media_errors(tmp_path, content, stage):
     assert error.value.stage == stage
 
 
-def _frames(path: Path, sampling: SamplingConfig):
+def _frames(path: Path, options: RunOptions):
     report = VideoReadReport()
-    frames = list(background_frames(iter_video_frames(MediaSource(path, path.name, "video"), sampling, report)))
+    frames = list(background_frames(iter_video_frames(MediaSource(path, path.name, "video"), options, report)))
     return frames, report
 
 
 def test_video_every_nth_frame_with_container_timestamps(tmp_path):
     path = write_video(tmp_path / "clip.mp4", frames=30, fps=10.0)
-    frames, report = _frames(path, SamplingConfig(every_nth=3))
+    frames, report = _frames(path, RunOptions(every_nth=3))
     assert report.frames_read == 30 and report.truncated_message is None
     assert [frame.index for frame in frames] == list(range(0, 30, 3))
     assert [round(frame.timestamp_s, 3) for frame in frames] == [round(i / 10.0, 3) for i in range(0, 30, 3)]
@@ -136,10 +136,10 @@ def test_video_every_nth_frame_with_container_timestamps(tmp_path):
 
 def test_video_target_fps_and_max_frames(tmp_path):
     path = write_video(tmp_path / "clip.mp4", frames=40, fps=20.0)
-    frames, _ = _frames(path, SamplingConfig(target_fps=5.0))
+    frames, _ = _frames(path, RunOptions(fps=5.0))
     assert len(frames) == 10
     assert np.allclose(np.diff([frame.timestamp_s for frame in frames]), 0.2, atol=1e-3)
-    limited, report = _frames(path, SamplingConfig(max_frames=4))
+    limited, report = _frames(path, RunOptions(max_frames=4))
     assert [frame.index for frame in limited] == [0, 1, 2, 3] and report.truncated_message is None
 
 
@@ -147,7 +147,7 @@ def test_truncated_video_keeps_decoded_frames_and_reports(tmp_path):
     path = write_video(tmp_path / "cut.avi", frames=30, fps=10.0, fourcc="MJPG")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    frames, report = _frames(path, SamplingConfig())
+    frames, report = _frames(path, RunOptions())
     assert 0 < len(frames) < 30
     assert "ended early" in report.truncated_message
 
@@ -156,4 +156,4 @@ def test_unreadable_video_raises(tmp_path):
     path = tmp_path / "fake.mp4"
     path.write_text("not a video")
     with pytest.raises(MediaError, match="not a readable video"):
-        _frames(path, SamplingConfig())
+        _frames(path, RunOptions())

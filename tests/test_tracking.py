@@ -4,48 +4,73 @@ from __future__ import annotations
 
 import numpy as np
 
-from fer_batch.detection import Detection
-from fer_batch.tracking import IoUTracker, TrackerConfig, box_iou
+from fer_batch.faces import Faces
+from fer_batch.tracking import IoUTracker, box_iou
 
 
-def _face(x: float, y: float, size: float = 60.0) -> Detection:
-    landmarks = np.array([[x + 18, y + 24], [x + 42, y + 24], [x + 30, y + 36], [x + 20, y + 46], [x + 40, y + 46]])
-    return Detection((x, y, x + size, y + size), 0.99, landmarks.astype(np.float32))
+def _frame(frame_index: int, corners: list[tuple[float, float]], size: float = 60.0) -> Faces:
+    """Detections of one frame: square faces with their top-left corners at `corners`."""
+    boxes = np.array([(x, y, x + size, y + size) for x, y in corners], np.float32).reshape(-1, 4)
+    offsets = np.array([[18, 24], [42, 24], [30, 36], [20, 46], [40, 46]], np.float32)
+    count = len(corners)
+    return Faces.empty("clip.mp4", "video").replace(
+        frame_index=np.full(count, frame_index, np.int64),
+        timestamp_s=np.full(count, frame_index / 25, np.float64),
+        boxes=boxes,
+        landmarks=boxes[:, None, :2] + offsets[None],
+        det_score=np.full(count, 0.99, np.float32),
+        detected=np.ones(count, bool),
+        frame_width=np.full(count, 1280, np.int32),
+        frame_height=np.full(count, 720, np.int32),
+    )
 
 
 def test_ids_stay_with_moving_faces_and_survive_misses():
-    tracker = IoUTracker(TrackerConfig(iou_threshold=0.3, max_missed=3))
+    tracker = IoUTracker(track_iou=0.3, max_missed=3)
     ids_a, ids_b = set(), set()
     for frame in range(12):
-        detections = [_face(100 + 8 * frame, 100)]  # person A walks right
+        corners = [(100 + 8 * frame, 100)]  # person A walks right
         if frame not in (4, 5):  # person B is missed on two frames
-            detections.append(_face(500, 300 - 5 * frame))
-        faces = tracker.update(frame, detections)
-        by_x = sorted(faces, key=lambda face: face.detection.box[0])
-        ids_a.add(by_x[0].track_id)
+            corners.append((500, 300 - 5 * frame))
+        faces = tracker.update(frame, _frame(frame, corners))
+        by_x = faces.select(np.argsort(faces.boxes[:, 0]))
+        ids_a.add(int(by_x.track_id[0]))
         if len(by_x) > 1:
-            ids_b.add(by_x[1].track_id)
+            ids_b.add(int(by_x.track_id[1]))
     assert len(ids_a) == 1 and len(ids_b) == 1 and ids_a != ids_b
 
 
 def test_new_person_gets_a_new_id_and_lost_tracks_expire():
-    tracker = IoUTracker(TrackerConfig(iou_threshold=0.3, max_missed=1))
-    first = tracker.update(0, [_face(100, 100)])[0].track_id
-    tracker.update(1, [])
-    tracker.update(2, [])  # missed twice: the track is gone
-    again = tracker.update(3, [_face(100, 100)])[0].track_id
-    newcomer = tracker.update(4, [_face(100, 100), _face(700, 100)])
+    tracker = IoUTracker(track_iou=0.3, max_missed=1)
+    first = int(tracker.update(0, _frame(0, [(100, 100)])).track_id[0])
+    tracker.update(1, _frame(1, []))
+    tracker.update(2, _frame(2, []))  # missed twice: the track is gone
+    again = int(tracker.update(3, _frame(3, [(100, 100)])).track_id[0])
+    newcomer = tracker.update(4, _frame(4, [(100, 100), (700, 100)]))
     assert again != first
-    assert {face.track_id for face in newcomer} == {again, again + 1}
+    assert set(newcomer.track_id.tolist()) == {again, again + 1}
+
+
+def test_update_returns_faces_ordered_by_track_id_with_their_own_boxes():
+    tracker = IoUTracker()
+    tracker.update(0, _frame(0, [(100, 100), (400, 100)]))
+    # The same two people, listed right to left: ids follow the boxes, rows come back by id.
+    faces = tracker.update(1, _frame(1, [(404, 100), (104, 100)]))
+    assert faces.track_id.tolist() == [1, 2]
+    assert faces.boxes[:, 0].tolist() == [104, 404]
+    assert np.allclose(faces.landmarks[:, 0] - faces.boxes[:, None, :2][:, 0], [18, 24])
 
 
 def test_carry_forward_moves_boxes_with_their_velocity():
     tracker = IoUTracker()
-    tracker.update(0, [_face(100, 100)])
-    tracker.update(2, [_face(120, 100)])
-    carried = tracker.carry_forward(3)
-    assert len(carried) == 1 and not carried[0].detected
-    assert carried[0].detection.box[0] > 120  # moved on in the direction of travel
+    tracker.update(0, _frame(0, [(100, 100)]))
+    tracker.update(2, _frame(2, [(120, 100)]))
+    carried = tracker.carry_forward(_frame(2, []), 3, 0.12, (1280, 720))
+    assert len(carried) == 1 and not carried.detected[0] and carried.track_id.tolist() == [1]
+    assert carried.boxes[0, 0] > 120  # moved on in the direction of travel
+    assert carried.frame_index.tolist() == [3] and carried.frame_width.tolist() == [1280]
+    shift = carried.boxes[0, 0] - 120
+    assert np.allclose(carried.landmarks[0, 0], [120 + 18 + shift, 124], atol=1e-3)  # landmarks move with the box
 
 
 def test_box_iou():

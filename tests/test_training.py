@@ -187,7 +187,7 @@ def ensemble_members(trained_run, tmp_path_factory) -> list[Path]:
 
 
 def test_ensemble_checkpoint_averages_its_members_on_stills_and_tracks(ensemble_members, fer_dir, tmp_path):
-    from fer_batch.classifier import CropRequest, SequenceClassifier
+    from fer_batch.classifier import SequenceClassifier
     from fer_batch.model import EmotionEnsemble
     from fer_batch.training.export import export_checkpoint
     from fer_batch.training.train import predict_stills
@@ -207,8 +207,9 @@ def test_ensemble_checkpoint_averages_its_members_on_stills_and_tracks(ensemble_
     # One track over 6 frames, then a still: each member keeps its own GRU state inside the ensemble's.
     def run(checkpoint):
         classifier = SequenceClassifier(checkpoint, cpu)
-        track = [classifier.classify([CropRequest((0, 1), (0, frame), faces.images[frame])]) for frame in range(6)]
-        still = classifier.classify([CropRequest((1, 0), (1, 0), faces.images[6])])
+        one = np.ones(1, np.int64)
+        track = [classifier.classify(faces.images[frame : frame + 1], 0 * one, frame * one, one) for frame in range(6)]
+        still = classifier.classify(faces.images[6:7], one, 0 * one, 0 * one)
         return np.concatenate([*track, still])
 
     per_member = [run(member) for member in members]

@@ -1,4 +1,4 @@
-"""Copy trained run checkpoints into weights/ as the shipped default.
+"""Copy trained run checkpoints into fer_batch/weights/ as the shipped default.
 
 One source is copied as a single CNN-GRU; several sources (runs trained from different
 seeds) are combined into one ensemble checkpoint whose probabilities are the members'
@@ -9,9 +9,9 @@ the way the training data is framed; the template plays no part in training itse
 (FER2013 images are already crops). Optimiser and schedule state are dropped: a
 shipped file is for inference.
 
-    python -m fer_batch.training.export runs/full/best.pt weights/fer-cnn-gru.pt
-    python -m fer_batch.training.export runs/a/best.pt runs/b/best.pt weights/fer-cnn-gru.pt
-    python -m fer_batch.training.export weights/fer-cnn-gru.pt runs/c/best.pt new.pt [--half]
+    python -m fer_batch.training.export runs/full/best.pt fer_batch/weights/fer-cnn-gru.pt
+    python -m fer_batch.training.export runs/a/best.pt runs/b/best.pt fer_batch/weights/fer-cnn-gru.pt
+    python -m fer_batch.training.export fer_batch/weights/fer-cnn-gru.pt runs/c/best.pt new.pt [--half]
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ once (with the checkpoint's flip averaging); a combination's answer is the mean 
 members' probabilities, exactly as `EmotionEnsemble` computes it.
 
     python -m fer_batch.training.select_members --data ../shared/fer2013 \\
-        weights/fer-cnn-gru.pt runs/wide/best.pt
+        fer_batch/weights/fer-cnn-gru.pt runs/wide/best.pt
 """
 
 from __future__ import annotations

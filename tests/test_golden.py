@@ -1,0 +1,40 @@
+"""No behaviour change: `fer annotate ../shared/media` (every frame) gives the recorded rows.
+
+The golden files in tests/golden/ were written by the pipeline as it stood before it was
+rebuilt around `Faces` batches (commit "Golden output of fer annotate ..."). A change
+that is meant to alter the output (new weights, a new detector) regenerates them with
+`fer annotate ../shared/media --out tests/golden/media-all-frames.parquet` and says why.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from tests.conftest import GOLDEN
+
+KEY = ["source", "frame_index", "track_id"]
+
+
+def _sorted(frame: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    return frame.sort_values(key).reset_index(drop=True)
+
+
+def _assert_same_table(actual: pd.DataFrame, expected: pd.DataFrame, key: list[str]) -> None:
+    assert list(actual.columns) == list(expected.columns)
+    assert dict(actual.dtypes) == dict(expected.dtypes)
+    actual, expected = _sorted(actual, key), _sorted(expected, key)
+    assert len(actual) == len(expected)
+    for column in expected.columns:
+        if expected[column].dtype.kind == "f":
+            assert np.allclose(actual[column], expected[column], atol=1e-5, rtol=0), column
+        else:
+            assert actual[column].tolist() == expected[column].tolist(), column
+
+
+def test_faces_tracks_and_summary_equal_the_golden_run(media_run):
+    _assert_same_table(pd.read_parquet(media_run.out_path), pd.read_parquet(GOLDEN), KEY)
+    golden_tracks = pd.read_parquet(GOLDEN.with_name("media-all-frames.tracks.parquet"))
+    _assert_same_table(pd.read_parquet(media_run.tracks_path), golden_tracks, ["source", "track_id"])
+    golden_summary = pd.read_parquet(GOLDEN.with_name("media-all-frames.summary.parquet"))
+    _assert_same_table(pd.read_parquet(media_run.summary_path), golden_summary, ["source"])

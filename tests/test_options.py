@@ -1,0 +1,73 @@
+"""One name per option: the CLI flag, the Python keyword and the config field agree, with one default."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import typer
+
+from fer_batch.cli import app
+from fer_batch.options import ALL_OPTION_NAMES, ModelOptions, RunOptions, split_options
+
+NOT_OPTIONS = {"paths", "out", "report", "render", "quiet"}  # what to read and write, and the terminal
+
+
+def _annotate_params() -> dict:
+    command = typer.main.get_command(app).commands["annotate"]
+    return {param.name: param for param in command.params if param.name not in NOT_OPTIONS}
+
+
+def test_cli_flags_are_the_option_fields_with_their_defaults():
+    params = _annotate_params()
+    assert set(params) == set(ALL_OPTION_NAMES)
+    defaults = {**dataclasses.asdict(ModelOptions()), **dataclasses.asdict(RunOptions())}
+    for name, param in params.items():
+        assert f"--{name.replace('_', '-')}" in param.opts, name
+        cli_default = tuple(param.default) if isinstance(param.default, list) else param.default
+        assert cli_default == defaults[name], name
+
+
+def test_a_wrong_option_name_is_a_type_error_that_lists_the_valid_ones():
+    with pytest.raises(TypeError) as error:
+        split_options({"detection_scale": 0.5})
+    assert "'detection_scale'" in str(error.value) and "detect_scale" in str(error.value)
+    import fer_batch
+
+    with pytest.raises(TypeError, match="valid options are: device, weights, threads, glob"):
+        fer_batch.annotate(["nowhere"], target_fps=2)
+
+
+def test_options_split_into_what_is_loaded_and_what_is_per_run():
+    model, run = split_options({"device": "cpu", "threads": 1, "detect_scale": 0.5, "glob": "*.mp4"})
+    assert model == {"device": "cpu", "threads": 1}
+    assert run == RunOptions(detect_scale=0.5, glob=("*.mp4",))
+    with pytest.raises(ValueError, match="detect_scale must be in"):
+        RunOptions(detect_scale=0)
+
+
+def test_an_annotator_runs_with_other_run_options_but_refuses_other_model_options(media_dir, annotator):
+    import fer_batch
+
+    photo = [media_dir / "group-six-faces.jpg"]
+    assert len(fer_batch.annotate(photo, annotator=annotator, threshold=0.95, device="cpu")) == 6
+    with pytest.raises(ValueError, match="built with device='cpu', not device='cuda'"):
+        fer_batch.annotate(photo, annotator=annotator, device="cuda")
+    with pytest.raises(ValueError, match="weights"):
+        fer_batch.annotate(photo, annotator=annotator, weights="other.pt")
+
+
+def test_threads_are_applied_to_torch_and_opencv(shipped_weights):
+    import cv2
+    import torch
+
+    from fer_batch.pipeline import Annotator
+
+    before = torch.get_num_threads()
+    try:
+        annotator = Annotator(device="cpu", threads=1)
+        assert annotator.threads == 1 and torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+    finally:
+        from fer_batch.runtime import configure_threads
+
+        configure_threads(before)

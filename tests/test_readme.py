@@ -1,0 +1,77 @@
+"""The README cannot drift from the code: its Python blocks run, its `fer` commands parse.
+
+Python blocks run in order in one namespace, in a folder that holds `videos/` (the first
+frames of the shared crowd clip, 640x360) and `photos/` (the shared group photo), on the CPU.
+Every `fer ...` line of a bash/sh block is parsed by the real CLI (unknown flags, bad values
+and missing required options fail); the commands themselves are run by the other tests.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+
+import cv2
+import pytest
+import typer
+from typer.exceptions import TyperException
+
+from fer_batch.cli import app
+from tests.conftest import REPO
+
+BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+
+
+def _blocks(language: set[str]) -> list[str]:
+    return [body for fence, body in BLOCK.findall((REPO / "README.md").read_text()) if fence in language]
+
+
+@pytest.fixture
+def readme_folder(tmp_path, media_dir, monkeypatch):
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "photos").mkdir()
+    shutil.copy(media_dir / "group-six-faces.jpg", tmp_path / "photos" / "group.jpg")
+    capture = cv2.VideoCapture(str(media_dir / "walking-crowd-1080p.mp4"))
+    writer = cv2.VideoWriter(str(tmp_path / "videos" / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25, (640, 360))
+    for _ in range(10):
+        ok, frame = capture.read()
+        assert ok
+        writer.write(cv2.resize(frame, (640, 360), interpolation=cv2.INTER_AREA))
+    writer.release()
+    capture.release()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the examples must run on a CPU-only machine
+    return tmp_path
+
+
+def test_python_blocks_run(readme_folder, capsys):
+    blocks = _blocks({"python"})
+    assert blocks, "the README has no Python example"
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    printed = capsys.readouterr().out
+    assert "clip.mp4" in printed and "group.jpg" in printed
+    assert (readme_folder / "results.parquet").is_file() and len(namespace["run"].faces) > 0
+
+
+def _fer_commands() -> list[list[str]]:
+    commands = []
+    for block in _blocks({"bash", "sh"}):
+        for line in block.splitlines():
+            line = line.split(" #")[0].strip()
+            if line.startswith("fer "):
+                commands.append(shlex.split(line)[1:])
+    return commands
+
+
+@pytest.mark.parametrize("arguments", _fer_commands(), ids=lambda arguments: " ".join(arguments)[:60])
+def test_fer_commands_parse(arguments):
+    group = typer.main.get_command(app)
+    command = group.commands.get(arguments[0])
+    assert command is not None, f"`fer {arguments[0]}` is not a command"
+    try:
+        command.make_context(arguments[0], arguments[1:])
+    except TyperException as error:
+        pytest.fail(f"`fer {' '.join(arguments)}`: {error}")

@@ -1,0 +1,175 @@
+"""The annotate pipeline's stages, each run alone on real inputs, and the `Faces` container."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from fer_batch.faces import Faces
+from fer_batch.labels import EMOTIONS
+from fer_batch.media import MediaSource, discover_sources
+from fer_batch.options import RunOptions
+from fer_batch.pipeline import (
+    FrameBatch,
+    SourceFinished,
+    SourceStarted,
+    classify_faces,
+    crop_faces,
+    detect_faces,
+    read_frames,
+    track_faces,
+)
+from fer_batch.schema import annotation_schema
+from fer_batch.writers import AnnotationWriter, faces_to_record_batch
+from tests.test_media import write_video
+
+
+def _kinds(events) -> list[str]:
+    return [type(event).__name__ for event in events]
+
+
+def _faces(count: int, source: str = "a.mp4", classes: int = 7) -> Faces:
+    rng = np.random.default_rng(count)
+    corners = rng.uniform(0, 500, (count, 2)).astype(np.float32)
+    probabilities = rng.dirichlet(np.ones(classes), count).astype(np.float32)
+    return Faces.empty(source, "video").replace(
+        frame_index=np.arange(count, dtype=np.int64),
+        timestamp_s=np.arange(count) / 25.0,
+        boxes=np.hstack([corners, corners + 40]).astype(np.float32),
+        landmarks=rng.uniform(0, 500, (count, 5, 2)).astype(np.float32),
+        det_score=rng.uniform(0.9, 1, count).astype(np.float32),
+        detected=rng.uniform(size=count) > 0.3,
+        frame_width=np.full(count, 640, np.int32),
+        frame_height=np.full(count, 360, np.int32),
+        track_id=rng.integers(1, 5, count).astype(np.int32),
+        probabilities=probabilities,
+    )
+
+
+def test_faces_select_concat_and_replace_keep_columns_aligned():
+    faces = _faces(6)
+    picked = faces.select(np.array([4, 1]))
+    assert picked.frame_index.tolist() == [4, 1] and np.array_equal(picked.boxes, faces.boxes[[4, 1]])
+    joined = Faces.concat([faces.select(slice(0, 2)), faces.select(slice(2, 6))])
+    for name in Faces.per_face_fields():
+        value = getattr(faces, name)
+        assert (value is None and getattr(joined, name) is None) or np.array_equal(getattr(joined, name), value)
+    assert Faces.concat([faces, faces.replace(probabilities=None)]).probabilities is None  # unset in one: unset
+    with pytest.raises(ValueError, match="track_id has 2 entries for 6 faces"):
+        faces.replace(track_id=np.array([1, 2], np.int32))
+    with pytest.raises(ValueError, match="one source"):
+        Faces.concat([faces, _faces(2, source="b.mp4")])
+
+
+def test_a_batch_becomes_arrow_rows_and_reads_back_exactly(tmp_path):
+    from fer_batch.results import RunMetadata
+
+    faces = _faces(5)
+    batch = faces_to_record_batch(faces, EMOTIONS)
+    assert batch.schema == annotation_schema(EMOTIONS)
+    writer = AnnotationWriter(tmp_path / "faces.parquet", EMOTIONS)
+    writer.write(faces)
+    writer.write(faces.select(slice(0, 0)))  # an empty batch adds nothing
+    writer.commit(RunMetadata("v", "w.pt", "0" * 64, list(EMOTIONS), "cpu", {}))
+    table = pq.read_table(tmp_path / "faces.parquet").to_pandas()
+    assert len(table) == 5 and (table.source == "a.mp4").all()
+    assert np.array_equal(table[["x1", "y1", "x2", "y2"]].to_numpy(), faces.boxes)
+    assert np.array_equal(table.lm_nose_y.to_numpy(), faces.landmarks[:, 2, 1])
+    assert table.track_id.tolist() == faces.track_id.tolist() and table.detected.tolist() == faces.detected.tolist()
+    assert table.emotion.tolist() == [EMOTIONS[i] for i in faces.probabilities.argmax(1)]
+    assert np.array_equal(table.confidence.to_numpy(), faces.probabilities.max(1))
+
+
+def test_read_frames_yields_each_source_in_order_and_keeps_frames_before_a_cut(tmp_path):
+    good = write_video(tmp_path / "good.avi", frames=6, fourcc="MJPG")
+    cut = write_video(tmp_path / "cut.avi", frames=30, fourcc="MJPG")
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    (tmp_path / "text.jpg").write_text("not an image")
+    sources, _ = discover_sources([tmp_path])
+    events = list(read_frames(sources, RunOptions(every_nth=2)))
+    by_source: dict[str, list] = {}
+    for event in events:
+        by_source.setdefault(event.run.source.relative, []).append(event)
+    assert list(by_source) == ["cut.avi", "good.avi", "text.jpg"]
+    assert _kinds(by_source["good.avi"]) == ["SourceStarted", "FrameBatch", "FrameBatch", "FrameBatch", "SourceFinished"]
+    assert [event.frames[0].index for event in by_source["good.avi"][1:-1]] == [0, 2, 4]
+    cut_run = by_source["cut.avi"][0].run
+    assert 0 < sum(isinstance(event, FrameBatch) for event in by_source["cut.avi"]) < 15
+    assert [error.stage for error in cut_run.errors] == ["decode"] and "ended early" in cut_run.errors[0].message
+    assert _kinds(by_source["text.jpg"]) == ["SourceStarted", "SourceFinished"]
+    assert by_source["text.jpg"][0].run.errors[0].stage == "decode"
+
+
+@pytest.fixture(scope="module")
+def crowd_events(media_dir, annotator):
+    """The first 6 crowd frames through read -> detect -> track, kept as a list."""
+    source = MediaSource(media_dir / "walking-crowd-1080p.mp4", "crowd.mp4", "video")
+    options = RunOptions(max_frames=6, detect_every=2, detect_batch=2)
+    events = detect_faces(read_frames([source], options), annotator.detector, options)
+    return options, list(track_faces(events, options))
+
+
+def test_detect_groups_detector_frames_and_track_fills_the_frames_between(crowd_events):
+    _, events = crowd_events
+    batches = [event for event in events if isinstance(event, FrameBatch)]
+    assert isinstance(events[0], SourceStarted) and isinstance(events[-1], SourceFinished)
+    # detect_every 2, detect_batch 2: a window closes on its second detector frame (0, 2 | 4 and the rest).
+    assert [[frame.index for frame in batch.frames] for batch in batches] == [[0, 1, 2], [3, 4, 5]]
+    assert [batch.detect for batch in batches] == [[True, False, True], [False, True, False]]
+    faces = Faces.concat([batch.faces for batch in batches])
+    assert set(faces.frame_index[faces.detected]) == {0, 2, 4} and set(faces.frame_index[~faces.detected]) == {1, 3, 5}
+    for frame in range(6):  # on every frame, ids are unique and ordered
+        ids = faces.track_id[faces.frame_index == frame]
+        assert len(ids) >= 4 and list(ids) == sorted(set(ids))
+    assert set(faces.track_id[~faces.detected]) <= set(faces.track_id[faces.detected])
+
+
+def test_crop_cuts_aligned_crops_and_lets_frames_go(crowd_events, annotator):
+    _, events = crowd_events
+    cropped = [event for event in crop_faces(events, annotator.checkpoint.preprocessing) if isinstance(event, FrameBatch)]
+    for batch in cropped:
+        assert batch.frames == [] and batch.frame_count == 3
+        assert batch.faces.crops.shape == (len(batch.faces), 48, 48) and batch.faces.crops.dtype == np.uint8
+        assert batch.faces.crops.std(axis=(1, 2)).min() > 5  # real face pixels, not blank
+
+
+def test_classify_gives_the_same_answers_whatever_the_batch_size(crowd_events, annotator):
+    """GRU state follows each track across classifier batches, so batching must not change results."""
+    from fer_batch.classifier import SequenceClassifier
+
+    _, events = crowd_events
+    results = []
+    for batch_size in (1, 7, 64):
+        stream = classify_faces(crop_faces(events, annotator.checkpoint.preprocessing),
+                                SequenceClassifier(annotator.checkpoint, annotator.device), batch_size)
+        out = list(stream)
+        assert isinstance(out[-1], SourceFinished)
+        results.append(np.concatenate([event.faces.probabilities for event in out if isinstance(event, FrameBatch)]))
+    assert np.allclose(results[0].sum(axis=1), 1.0, atol=1e-5)
+    assert np.allclose(results[0], results[1], atol=1e-5) and np.allclose(results[0], results[2], atol=1e-5)
+
+
+def test_a_stage_that_fails_on_one_source_records_it_and_the_run_goes_on(tmp_path, media_dir, annotator, monkeypatch):
+    """The error policy lives in one place: a failure in any stage becomes an error row of that source."""
+    import shutil
+
+    from fer_batch.api import annotate
+
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(media_dir / "group-six-faces.jpg", tmp_path / name)
+    real_detect = annotator.detector.detect
+
+    def failing_on_a(frames, source, media_type, **options):
+        if source == "a.jpg":
+            raise RuntimeError("detector exploded")
+        return real_detect(frames, source, media_type, **options)
+
+    monkeypatch.setattr(annotator.detector, "detect", failing_on_a)
+    frame = annotate([tmp_path], annotator=annotator)
+    errors, sources = frame.attrs["errors"], frame.attrs["sources"].set_index("source")
+    assert errors.to_dict("records") == [{"source": "a.jpg", "stage": "detect", "message": "RuntimeError: detector exploded"}]
+    assert sources.loc["a.jpg", "status"] == "error" and sources.loc["b.jpg", "status"] == "ok"
+    assert frame.groupby("source").size().to_dict() == {"b.jpg": 6}
+    assert isinstance(frame, pd.DataFrame)
