@@ -105,6 +105,8 @@ def read_frames(sources: list[MediaSource], options: RunOptions) -> Iterator[Eve
                 yield FrameBatch(run, [frame], 1)
             except MediaError as error:
                 run.record_error(error.stage, error.message)
+            except Exception as error:  # noqa: BLE001 - one bad file must not end the run
+                run.fail("read", error)
         else:
             yield from _video_events(run, options)
         yield SourceFinished(run)
@@ -126,6 +128,8 @@ def _video_events(run: SourceRun, options: RunOptions) -> Iterator[Event]:
                     break
     except MediaError as error:  # frames decoded before the error are still annotated
         run.record_error(error.stage, error.message)
+    except Exception as error:  # noqa: BLE001 - one bad file must not end the run
+        run.fail("decode", error)
     run.frames_read = report.frames_read
     if not started:
         run.expected_frames = 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -167,9 +166,22 @@ def test_a_stage_that_fails_on_one_source_records_it_and_the_run_goes_on(tmp_pat
         return real_detect(frames, source, media_type, **options)
 
     monkeypatch.setattr(annotator.detector, "detect", failing_on_a)
+    shutil.copy(media_dir / "group-six-faces.jpg", tmp_path / "c.jpg")
+    import fer_batch.pipeline
+
+    real_read = fer_batch.pipeline.read_image
+
+    def reader_failing_on_c(path):  # not a MediaError: an exception nobody planned for
+        if path.name == "c.jpg":
+            raise MemoryError("cannot allocate")
+        return real_read(path)
+
+    monkeypatch.setattr(fer_batch.pipeline, "read_image", reader_failing_on_c)
     frame = annotate([tmp_path], annotator=annotator)
     errors, sources = frame.attrs["errors"], frame.attrs["sources"].set_index("source")
-    assert errors.to_dict("records") == [{"source": "a.jpg", "stage": "detect", "message": "RuntimeError: detector exploded"}]
-    assert sources.loc["a.jpg", "status"] == "error" and sources.loc["b.jpg", "status"] == "ok"
+    assert errors.to_dict("records") == [
+        {"source": "a.jpg", "stage": "detect", "message": "RuntimeError: detector exploded"},
+        {"source": "c.jpg", "stage": "read", "message": "MemoryError: cannot allocate"},
+    ]
+    assert sources.status.to_dict() == {"a.jpg": "error", "b.jpg": "ok", "c.jpg": "error"}
     assert frame.groupby("source").size().to_dict() == {"b.jpg": 6}
-    assert isinstance(frame, pd.DataFrame)
