@@ -8,6 +8,17 @@ The public API is imported on first use, so `import fer_batch` stays light:
 
 from __future__ import annotations
 
+import os
+
+# torch's OpenMP threads (libgomp) spin at every barrier before they sleep. Beside another
+# busy process a spinning thread waits on a descheduled one: MTCNN ran 3x slower beside a
+# Python loop and 19x slower with active waiting; waiting passively keeps it near 1.3-1.4x
+# and costs about 10-15 % when the machine is idle (benchmarks/contention.py). OpenMP reads
+# this once, when torch loads, so it applies where fer_batch is imported first (as in
+# `fer`); a user's own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
 __version__ = "0.1.0"
 
 _PUBLIC = {

@@ -71,3 +71,21 @@ def test_threads_are_applied_to_torch_and_opencv(shipped_weights):
         from fer_batch.runtime import configure_threads
 
         configure_threads(before)
+
+
+def test_openmp_waits_passively_unless_the_user_chose_otherwise():
+    """Spinning OpenMP threads thrash beside another busy process (benchmarks/contention.py measures it)."""
+    import os
+    import subprocess
+    import sys
+
+    script = "import fer_batch, os, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    clean = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+
+    def policy(**environment: str) -> str:
+        completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                   env={**clean, **environment}, check=True)
+        return completed.stdout.strip()
+
+    assert policy() == "PASSIVE"
+    assert policy(OMP_WAIT_POLICY="ACTIVE") == "ACTIVE" and policy(GOMP_SPINCOUNT="5") == "None"

@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import tempfile
 from html.parser import HTMLParser
-from pathlib import Path
 
 import cv2
 import numpy as np

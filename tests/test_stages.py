@@ -82,7 +82,7 @@ def test_a_batch_becomes_arrow_rows_and_reads_back_exactly(tmp_path):
 
 
 def test_read_frames_yields_each_source_in_order_and_keeps_frames_before_a_cut(tmp_path):
-    good = write_video(tmp_path / "good.avi", frames=6, fourcc="MJPG")
+    write_video(tmp_path / "good.avi", frames=6, fourcc="MJPG")
     cut = write_video(tmp_path / "cut.avi", frames=30, fourcc="MJPG")
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     (tmp_path / "text.jpg").write_text("not an image")
