@@ -200,7 +200,8 @@ class VideoInfo:
 
 def open_video(path: Path) -> tuple[cv2.VideoCapture, VideoInfo]:
     check_readable(path)
-    capture = cv2.VideoCapture(str(path))
+    # The decoder uses as many threads as OpenCV does (set with the rest by `--threads`).
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, cv2.getNumThreads()])
     if not capture.isOpened():
         capture.release()
         raise MediaError("decode", "not a readable video (OpenCV/FFmpeg could not open it)")

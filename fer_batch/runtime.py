@@ -31,7 +31,8 @@ def available_cpus() -> int:
 
 
 def configure_threads(threads: int | None) -> int:
-    """Use the same number of threads in torch and OpenCV (default: the CPUs this process may use)."""
+    """Use the same number of threads in torch and OpenCV, whose count the video decoder follows
+    (default: the CPUs this process may use)."""
     count = threads or available_cpus()
     torch.set_num_threads(count)
     cv2.setNumThreads(count)

@@ -57,16 +57,21 @@ def test_an_annotator_runs_with_other_run_options_but_refuses_other_model_option
         fer_batch.annotate(photo, annotator=annotator, weights="other.pt")
 
 
-def test_threads_are_applied_to_torch_and_opencv(shipped_weights):
+def test_threads_are_applied_to_torch_opencv_and_the_video_decoder(shipped_weights, media_dir):
     import cv2
     import torch
 
+    from fer_batch.media import open_video
     from fer_batch.pipeline import Annotator
 
     before = torch.get_num_threads()
     try:
-        annotator = Annotator(device="cpu", threads=1)
-        assert annotator.threads == 1 and torch.get_num_threads() == 1 and cv2.getNumThreads() == 1
+        for threads in (1, 2):
+            annotator = Annotator(device="cpu", threads=threads)
+            assert annotator.threads == threads and torch.get_num_threads() == threads and cv2.getNumThreads() == threads
+            capture, _ = open_video(media_dir / "walking-crowd-1080p.mp4")
+            assert capture.get(cv2.CAP_PROP_N_THREADS) == threads
+            capture.release()
     finally:
         from fer_batch.runtime import configure_threads
 
