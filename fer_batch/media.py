@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import queue
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,12 +77,29 @@ def _matches(relative: str, patterns: tuple[str, ...]) -> bool:
     )
 
 
+def not_a_regular_file(path: Path) -> str | None:
+    """Why a path named like media cannot be read as a file, or None. Looks with stat only:
+    opening a FIFO would block until something writes to it."""
+    if path.is_symlink() and not path.exists():
+        return "broken symbolic link; skipped"
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        return f"cannot look at the file ({error.strerror or error}); skipped"
+    if stat.S_ISREG(mode):
+        return None
+    kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"not a regular file but {kind}; skipped"
+
+
 def discover_sources(
     paths: list[Path | str],
     glob: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
 ) -> tuple[list[MediaSource], list[tuple[str, str]]]:
-    """Media files under `paths`, in a deterministic order, and files given by name that are not media.
+    """Media files under `paths`, in a deterministic order, and (name, reason) for the files it skips:
+    files given by name that are not media, and anything named like media that is not a regular
+    file (a FIFO, a socket, a device, a broken link).
 
     `source` is the path relative to the walked root (a directory argument) or the
     file name (a file argument). Patterns match either that relative path or the file
@@ -108,6 +126,10 @@ def discover_sources(
                 kind = media_type_of(path)
                 if kind is None or (glob and not _matches(relative, glob)) or _matches(relative, exclude):
                     continue
+                reason = not_a_regular_file(path)
+                if reason:
+                    unsupported.append((relative, reason))
+                    continue
                 if path.resolve() not in seen:
                     seen.add(path.resolve())
                     sources.append(MediaSource(path, relative, kind))
@@ -117,6 +139,10 @@ def discover_sources(
                 unsupported.append((root.name, f"unsupported file type '{root.suffix or '(none)'}'"))
                 continue
             if _matches(root.name, exclude) or root.resolve() in seen:
+                continue
+            reason = not_a_regular_file(root)
+            if reason:
+                unsupported.append((root.name, reason))
                 continue
             seen.add(root.resolve())
             sources.append(MediaSource(root, root.name, kind))

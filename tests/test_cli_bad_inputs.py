@@ -124,3 +124,25 @@ def test_bad_weights_file_is_a_clear_usage_error(tmp_path, media_dir):
         app, ["annotate", str(media_dir / "group-six-faces.jpg"), "--out", str(tmp_path / "r.csv"), "--weights", str(weights)]
     )
     assert result.exit_code == 2 and "weights.pt" in result.output
+
+
+def test_a_fifo_named_like_a_video_does_not_hang_the_run(tmp_path, media_dir, shipped_weights):
+    """Opening a FIFO blocks until someone writes to it: the run must skip it, say why, and finish."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(media_dir / "group-six-faces.jpg", folder / "group.jpg")
+    os.mkfifo(folder / "clip.mp4")
+    out = tmp_path / "r.csv"
+    completed = subprocess.run(
+        [sys.executable, "-m", "fer_batch.cli", "annotate", str(folder), "--out", str(out), "--device", "cpu", "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert len(pd.read_csv(out)) == 6
+    errors = pd.read_csv(tmp_path / "r.errors.csv")
+    assert errors.to_dict("records") == [
+        {"source": "clip.mp4", "stage": "input", "message": "not a regular file but a FIFO (named pipe); skipped"}
+    ]

@@ -46,6 +46,20 @@ def test_discovery_is_recursive_sorted_case_insensitive_and_filtered(tmp_path):
     assert [s.relative for s in by_path] == ["a/deep/x.png"]
 
 
+def test_fifos_and_broken_links_named_like_media_are_skipped_with_a_reason_without_opening_them(tmp_path):
+    import os
+
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    os.mkfifo(tmp_path / "pipe.mp4")  # opening it would block until something writes to it
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    sources, skipped = discover_sources([tmp_path])
+    assert [source.relative for source in sources] == ["photo.jpg"]
+    assert skipped == [("gone.jpg", "broken symbolic link; skipped"),
+                       ("pipe.mp4", "not a regular file but a FIFO (named pipe); skipped")]
+    named, skipped = discover_sources([tmp_path / "pipe.mp4"])
+    assert named == [] and skipped == [("pipe.mp4", "not a regular file but a FIFO (named pipe); skipped")]
+
+
 def test_missing_path_is_an_error_before_any_work(tmp_path):
     with pytest.raises(InputPathError, match="does-not-exist"):
         discover_sources([tmp_path, tmp_path / "does-not-exist"])
