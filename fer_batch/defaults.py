@@ -13,6 +13,10 @@ MIN_FACE_SIZE = 20  # pixels of the original frame
 DETECT_SCALE = 1.0  # frames are resized by this before detection
 DETECT_EVERY = 1  # run the detector on every k-th annotated frame, track in between
 DETECT_BATCH = 4  # frames of one video per detector call
+# Between keyframes a tracked face stays while O-Net's score on its refined box is at least this
+# (or --threshold, if lower): a face already followed needs less evidence than a new one, and the
+# first refinement after a detection scores lower (0.7 seen) before it settles above 0.97.
+REFINE_THRESHOLD = 0.5
 
 # Tracking
 TRACK_IOU = 0.3  # minimum overlap between a predicted track box and a detection

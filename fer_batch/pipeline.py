@@ -18,7 +18,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
@@ -202,10 +202,31 @@ def detect_faces(events: Iterable[Event], detector: FaceDetector, options: RunOp
         yield event
 
 
-def track_faces(events: Iterable[Event], options: RunOptions) -> Iterator[Event]:
-    """Give every face a track id: per video an IoU tracker (carrying boxes over undetected
-    frames); in an image each face is its own track, numbered left to right."""
+Refiner = Callable[[Frame, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+
+def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -> Iterator[Event]:
+    """Give every face a track id: per video an IoU tracker; on frames between detector keyframes
+    `refine` (MTCNN's last stage) turns each live track's predicted box into a real box, landmarks
+    and score, and tracks that score under `defaults.REFINE_THRESHOLD` miss. In an image each face is its own
+    track, numbered left to right."""
     tracker = IoUTracker(options.track_iou, options.max_missed)
+
+    def refined_faces(frame: Frame, like: Faces) -> Faces:
+        track_ids, predicted = tracker.predictions(frame.index)
+        boxes, scores, landmarks = refine(frame, predicted)
+        keep = scores >= min(options.threshold, defaults.REFINE_THRESHOLD)
+        count = int(keep.sum())
+        height, width = frame.rgb.shape[:2]
+        faces = Faces.empty(like.source, like.media_type).replace(
+            frame_index=np.full(count, frame.index, np.int64),
+            timestamp_s=np.full(count, frame.timestamp_s, np.float64),
+            boxes=boxes[keep], landmarks=landmarks[keep], det_score=scores[keep],
+            detected=np.zeros(count, bool),
+            frame_width=np.full(count, width, np.int32), frame_height=np.full(count, height, np.int32),
+            track_id=track_ids[keep],
+        )
+        return tracker.update_tracks(frame.index, faces)
 
     def track(batch: FrameBatch) -> FrameBatch:
         detections = batch.faces
@@ -216,8 +237,7 @@ def track_faces(events: Iterable[Event], options: RunOptions) -> Iterator[Event]
             if detected:
                 per_frame.append(tracker.update(frame.index, detections.select(detections.frame_index == frame.index)))
             else:
-                height, width = frame.rgb.shape[:2]
-                per_frame.append(tracker.carry_forward(detections, frame.index, frame.timestamp_s, (width, height)))
+                per_frame.append(refined_faces(frame, detections))
         return replace(batch, faces=Faces.concat(per_frame))
 
     for event in events:
@@ -394,7 +414,7 @@ class AnnotationRun:
         classifier = SequenceClassifier(annotator.checkpoint, annotator.device)
         events = read_frames(self.sources, options)
         events = detect_faces(events, annotator.detector, options)
-        events = track_faces(events, options)
+        events = track_faces(events, options, annotator.detector.refine)
         events = crop_faces(events, annotator.checkpoint.preprocessing)
         return classify_faces(events, classifier, options.batch_size)
 

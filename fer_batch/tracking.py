@@ -2,9 +2,10 @@
 
 A greedy IoU tracker with a constant-velocity box prediction: detections are matched
 to the predicted boxes of live tracks, best overlap first; unmatched detections start
-new tracks; a track survives `max_missed` detection rounds without a match, so a
-face hidden for a moment keeps its id. Between detection rounds (detect-every-k),
-tracks are carried forward on their predicted boxes. One tracker per video.
+new tracks; a track survives `max_missed` rounds without a match, so a face hidden
+for a moment keeps its id. Between detector keyframes (detect-every-k), each live
+track's predicted box is refined by MTCNN's last stage and the track moves on with
+the refined box (`predictions` and `update_tracks`). One tracker per video.
 """
 
 from __future__ import annotations
@@ -89,29 +90,37 @@ class IoUTracker:
         order = np.argsort(track_ids, kind="stable")
         return frame.select(order).replace(track_id=track_ids[order])
 
-    def carry_forward(self, like: Faces, frame_index: int, timestamp_s: float, frame_size: tuple[int, int]) -> Faces:
-        """Faces on a frame the detector skipped: live, recently seen tracks at their predicted boxes,
-        ordered by track id (`like` gives the source; frame_size is (width, height))."""
-        carried = [track for track in self._tracks if track.missed == 0]
-        carried.sort(key=lambda track: track.track_id)
-        count = len(carried)
-        boxes = np.empty((count, 4), np.float64)
-        landmarks = np.empty((count, 5, 2), np.float32)
-        for row, track in enumerate(carried):
-            box = track.predicted_box(frame_index)
-            centre = (track.box[:2] + track.box[2:]) / 2
-            shift = (box[:2] + box[2:]) / 2 - centre
-            scale = (box[2] - box[0]) / max(1e-6, track.box[2] - track.box[0])
-            boxes[row] = box
-            landmarks[row] = (track.landmarks - centre) * scale + centre + shift
-        return Faces.empty(like.source, like.media_type).replace(
-            frame_index=np.full(count, frame_index, np.int64),
-            timestamp_s=np.full(count, timestamp_s, np.float64),
-            boxes=boxes.astype(np.float32),
-            landmarks=landmarks,
-            det_score=np.array([track.score for track in carried], np.float32),
-            detected=np.zeros(count, bool),
-            frame_width=np.full(count, frame_size[0], np.int32),
-            frame_height=np.full(count, frame_size[1], np.int32),
-            track_id=np.array([track.track_id for track in carried], np.int32),
-        )
+    def predictions(self, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(track ids, predicted boxes (M, 4)) of every live track at `frame_index`, by track id."""
+        live = sorted(self._tracks, key=lambda track: track.track_id)
+        boxes = np.array([track.predicted_box(frame_index) for track in live], np.float64).reshape(-1, 4)
+        return np.array([track.track_id for track in live], np.int32), boxes
+
+    def update_tracks(self, frame_index: int, frame: Faces) -> Faces:
+        """A round where each face already names its track (boxes refined from the predictions):
+        those tracks move on, the others miss. Of two faces that landed on one person, the more
+        confident keeps its track. Returns the kept faces, ordered by track id."""
+        order = np.argsort(-frame.det_score, kind="stable")
+        boxes = frame.boxes[order].astype(np.float64)
+        overlaps = box_iou(boxes, boxes)
+        kept_positions: list[int] = []
+        for position in range(len(order)):
+            if all(overlaps[position, other] < 0.5 for other in kept_positions):
+                kept_positions.append(position)
+        kept = order[kept_positions].tolist()
+        by_id = {track.track_id: track for track in self._tracks}
+        updated = set()
+        for row in kept:
+            track = by_id[int(frame.track_id[row])]
+            box = frame.boxes[row].astype(np.float64)
+            elapsed = max(1, frame_index - track.last_frame)
+            track.velocity = 0.5 * track.velocity + 0.5 * (box - track.box) / elapsed
+            track.box, track.landmarks, track.score = box, frame.landmarks[row], float(frame.det_score[row])
+            track.last_frame, track.missed = frame_index, 0
+            updated.add(track.track_id)
+        for track in self._tracks:
+            if track.track_id not in updated:
+                track.missed += 1
+        self._tracks = [track for track in self._tracks if track.missed <= self.max_missed]
+        result = frame.select(np.array(sorted(kept), np.int64))
+        return result.select(np.argsort(result.track_id, kind="stable"))

@@ -107,10 +107,10 @@ def crowd_events(media_dir, annotator):
     source = MediaSource(media_dir / "walking-crowd-1080p.mp4", "crowd.mp4", "video")
     options = RunOptions(max_frames=6, detect_every=2, detect_batch=2)
     events = detect_faces(read_frames([source], options), annotator.detector, options)
-    return options, list(track_faces(events, options))
+    return options, list(track_faces(events, options, annotator.detector.refine))
 
 
-def test_detect_groups_detector_frames_and_track_fills_the_frames_between(crowd_events):
+def test_detect_groups_detector_frames_and_refinement_fills_the_frames_between(crowd_events):
     _, events = crowd_events
     batches = [event for event in events if isinstance(event, FrameBatch)]
     assert isinstance(events[0], SourceStarted) and isinstance(events[-1], SourceFinished)
@@ -185,3 +185,33 @@ def test_a_stage_that_fails_on_one_source_records_it_and_the_run_goes_on(tmp_pat
     ]
     assert sources.status.to_dict() == {"a.jpg": "error", "b.jpg": "ok", "c.jpg": "error"}
     assert frame.groupby("source").size().to_dict() == {"b.jpg": 6}
+
+
+def test_refinement_between_keyframes_keeps_ids_and_boxes_on_the_crowd(media_dir, annotator):
+    """12 crowd frames with the detector on every 4th frame and O-Net refinement in between, against
+    the detector on every frame: the same faces, the same boxes, one id per person."""
+    from fer_batch.tracking import box_iou
+
+    source = MediaSource(media_dir / "walking-crowd-1080p.mp4", "crowd.mp4", "video")
+
+    def faces_of(detect_every: int) -> Faces:
+        options = RunOptions(max_frames=12, detect_every=detect_every)
+        events = detect_faces(read_frames([source], options), annotator.detector, options)
+        tracked = track_faces(events, options, annotator.detector.refine)
+        return Faces.concat([event.faces for event in tracked if isinstance(event, FrameBatch)])
+
+    every, refined = faces_of(1), faces_of(4)
+    assert set(refined.frame_index[refined.detected]) == {0, 4, 8}
+    matched, large, id_pairs = 0, 0, set()
+    for frame in range(12):
+        reference, ours = every.select(every.frame_index == frame), refined.select(refined.frame_index == frame)
+        overlaps = box_iou(reference.boxes.astype(float), ours.boxes.astype(float))
+        tall = reference.boxes[:, 3] - reference.boxes[:, 1] >= 40
+        for row in np.flatnonzero(tall):
+            large += 1
+            if len(ours) and overlaps[row].max() >= 0.5:
+                matched += 1
+                id_pairs.add((int(reference.track_id[row]), int(ours.track_id[overlaps[row].argmax()])))
+    assert large >= 40 and matched / large >= 0.95  # faces of 40 px and more are all still there
+    # One refined track per reference track and back: no id switches, no re-issued ids.
+    assert len({a for a, _ in id_pairs}) == len({b for _, b in id_pairs}) == len(id_pairs)

@@ -61,16 +61,21 @@ def test_update_returns_faces_ordered_by_track_id_with_their_own_boxes():
     assert np.allclose(faces.landmarks[:, 0] - faces.boxes[:, None, :2][:, 0], [18, 24])
 
 
-def test_carry_forward_moves_boxes_with_their_velocity():
-    tracker = IoUTracker()
-    tracker.update(0, _frame(0, [(100, 100)]))
-    tracker.update(2, _frame(2, [(120, 100)]))
-    carried = tracker.carry_forward(_frame(2, []), 3, 0.12, (1280, 720))
-    assert len(carried) == 1 and not carried.detected[0] and carried.track_id.tolist() == [1]
-    assert carried.boxes[0, 0] > 120  # moved on in the direction of travel
-    assert carried.frame_index.tolist() == [3] and carried.frame_width.tolist() == [1280]
-    shift = carried.boxes[0, 0] - 120
-    assert np.allclose(carried.landmarks[0, 0], [120 + 18 + shift, 124], atol=1e-3)  # landmarks move with the box
+def test_predictions_follow_velocity_and_refined_rounds_keep_ids():
+    tracker = IoUTracker(max_missed=1)
+    tracker.update(0, _frame(0, [(100, 100), (400, 100)]))
+    tracker.update(2, _frame(2, [(120, 100), (400, 100)]))
+    ids, predicted = tracker.predictions(3)
+    assert ids.tolist() == [1, 2] and predicted[0, 0] > 120 and predicted[1, 0] == 400  # moved on with its velocity
+    # A refined round: each face names its track; two landed on one person, the more confident stays.
+    refined = _frame(3, [(131, 100), (132, 101), (400, 100)]).replace(
+        track_id=np.array([1, 2, 2], np.int32), det_score=np.array([0.99, 0.95, 0.98], np.float32))
+    kept = tracker.update_tracks(3, refined)
+    assert kept.track_id.tolist() == [1, 2] and kept.boxes[:, 0].tolist() == [131, 400]
+    # Track 2 is refined away (missing) twice: with max_missed 1 it is gone, track 1 lives on.
+    tracker.update_tracks(4, _frame(4, [(140, 100)]).replace(track_id=np.array([1], np.int32)))
+    tracker.update_tracks(5, _frame(5, [(150, 100)]).replace(track_id=np.array([1], np.int32)))
+    assert tracker.predictions(6)[0].tolist() == [1]
 
 
 def test_box_iou():
