@@ -45,7 +45,7 @@ def annotate(
     threshold: float = typer.Option(defaults.THRESHOLD, "--threshold", help="MTCNN final-stage face probability."),
     min_face_size: int = typer.Option(defaults.MIN_FACE_SIZE, "--min-face-size", min=1, help="Smallest face, in original-frame pixels."),
     detect_scale: float = typer.Option(defaults.DETECT_SCALE, "--detect-scale", help="Resize frames by this before detection (0.5 = 4x fewer pixels)."),
-    detect_every: int = typer.Option(defaults.DETECT_EVERY, "--detect-every", min=1, help="Run the detector on every k-th annotated frame; track in between."),
+    detect_every: int = typer.Option(defaults.DETECT_EVERY, "--detect-every", min=1, help="Run the detector on every k-th annotated frame; in between, refine each track's predicted box with O-Net."),
     detect_batch: int = typer.Option(defaults.DETECT_BATCH, "--detect-batch", min=1, help="Video frames per detector call (raise it on a GPU)."),
     batch_size: int = typer.Option(defaults.BATCH_SIZE, "--batch-size", min=1, help="Face crops per classifier batch."),
     track_iou: float = typer.Option(defaults.TRACK_IOU, "--track-iou", help="Least overlap of a track's predicted box and a detection to continue the track."),
