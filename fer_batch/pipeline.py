@@ -208,8 +208,8 @@ Refiner = Callable[[Frame, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray
 def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -> Iterator[Event]:
     """Give every face a track id: per video an IoU tracker; on frames between detector keyframes
     `refine` (MTCNN's last stage) turns each live track's predicted box into a real box, landmarks
-    and score, and tracks that score under `defaults.REFINE_THRESHOLD` miss. In an image each face is its own
-    track, numbered left to right."""
+    and score, and tracks that score under `defaults.REFINE_THRESHOLD` (or `threshold`, if lower)
+    miss. In an image each face is its own track, numbered left to right."""
     tracker = IoUTracker(options.track_iou, options.max_missed)
 
     def refined_faces(frame: Frame, like: Faces) -> Faces:
