@@ -84,39 +84,32 @@ class FaceDetector:
             keep = ~((widths < min_face_size) & (heights < min_face_size)) & (widths > 0) & (heights > 0)
             corners, scores, points = corners[keep], boxes[keep, 4], points[keep] / detect_scale
             order = np.lexsort((corners[:, 1], corners[:, 0]))  # left to right, then top to bottom
-            count = len(order)
             height, width = frame.rgb.shape[:2]
             parts.append(
-                faces.replace(
-                    frame_index=np.full(count, frame.index, np.int64),
-                    timestamp_s=np.full(count, frame.timestamp_s, np.float64),
-                    boxes=corners[order].astype(np.float32),
-                    landmarks=points[order].astype(np.float32),
-                    det_score=scores[order].astype(np.float32),
-                    detected=np.ones(count, bool),
-                    frame_width=np.full(count, width, np.int32),
-                    frame_height=np.full(count, height, np.int32),
+                Faces.of_frame(
+                    source, media_type, frame.index, frame.timestamp_s, (width, height),
+                    corners[order], points[order], scores[order], detected=True,
                 )
             )
         return Faces.concat(parts)
 
-    def refine(self, frame: Frame, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """O-Net on (N, 4) boxes of one frame, in original pixels: (boxes, scores, landmarks (N, 5, 2)).
+    def refine(self, frame: Frame, boxes: np.ndarray, source: str = "", media_type: str = "video") -> Faces:
+        """O-Net on (N, 4) boxes of one frame, in original pixels: the same N faces with refined
+        boxes, landmarks and O-Net's score (`detected` False: no full detection ran).
 
         Each box is made square around its centre, as R-Net's proposals are, cropped and
         resized to 48x48 with area interpolation as facenet-pytorch does, then corrected by
         O-Net's box regression; its landmarks are placed as facenet-pytorch places them.
         """
+        from facenet_pytorch.models.utils.detect_face import bbreg, rerec
+
+        height, width = frame.rgb.shape[:2]
         count = len(boxes)
         if count == 0:
-            return np.empty((0, 4), np.float32), np.empty(0, np.float32), np.empty((0, 5, 2), np.float32)
-        height, width = frame.rgb.shape[:2]
-        squares = np.asarray(boxes, np.float64).copy()
-        sides = np.maximum(squares[:, 2] - squares[:, 0], squares[:, 3] - squares[:, 1])
-        centres = (squares[:, :2] + squares[:, 2:]) / 2
-        squares[:, :2] = centres - sides[:, None] / 2
-        squares[:, 2:] = squares[:, :2] + sides[:, None]
-        corners = np.trunc(squares).astype(np.int64)  # facenet's pad(): 1-based, clipped to the frame
+            return Faces.of_frame(source, media_type, frame.index, frame.timestamp_s, (width, height),
+                                  np.empty((0, 4)), np.empty((0, 5, 2)), np.empty(0), detected=False)
+        squares = rerec(torch.tensor(boxes, dtype=torch.float64))
+        corners = squares.trunc().long().numpy()  # facenet's pad(): 1-based, clipped to the frame
         x0, y0 = np.maximum(corners[:, 0], 1) - 1, np.maximum(corners[:, 1], 1) - 1
         x1, y1 = np.minimum(corners[:, 2], width), np.minimum(corners[:, 3], height)
         crops = np.zeros((count, 48, 48, 3), np.uint8)
@@ -127,13 +120,13 @@ class FaceDetector:
         inputs = torch.from_numpy(crops).permute(0, 3, 1, 2).float().to(self.device)
         with torch.no_grad():
             regression, points, probabilities = self._mtcnn.onet((inputs - 127.5) * 0.0078125)
-        regression, points = regression.cpu().numpy().astype(np.float64), points.cpu().numpy().astype(np.float64)
+        regression, points = regression.cpu().double(), points.cpu().double()
         scores = np.where(valid, probabilities[:, 1].cpu().numpy(), 0.0)
         box_width = (squares[:, 2] - squares[:, 0] + 1)[:, None]
         box_height = (squares[:, 3] - squares[:, 1] + 1)[:, None]
-        landmarks = np.stack(
-            [box_width * points[:, :5] + squares[:, :1] - 1, box_height * points[:, 5:] + squares[:, 1:2] - 1], axis=2
+        landmarks = torch.stack(
+            [box_width * points[:, :5] + squares[:, :1] - 1, box_height * points[:, 5:] + squares[:, 1:2] - 1], dim=2
         )
-        scale = np.hstack([box_width, box_height, box_width, box_height])
-        refined = squares + regression * scale
-        return refined.astype(np.float32), scores.astype(np.float32), landmarks.astype(np.float32)
+        refined = bbreg(squares.clone(), regression)
+        return Faces.of_frame(source, media_type, frame.index, frame.timestamp_s, (width, height),
+                              refined.numpy(), landmarks.numpy(), scores, detected=False)

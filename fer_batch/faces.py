@@ -55,6 +55,34 @@ class Faces:
         )
 
     @classmethod
+    def of_frame(
+        cls,
+        source: str,
+        media_type: str,
+        frame_index: int,
+        timestamp_s: float,
+        frame_size: tuple[int, int],
+        boxes: np.ndarray,
+        landmarks: np.ndarray,
+        det_score: np.ndarray,
+        detected: bool,
+    ) -> "Faces":
+        """The faces found on one frame (frame_size is (width, height))."""
+        count = len(boxes)
+        return cls(
+            source=source,
+            media_type=media_type,
+            frame_index=np.full(count, frame_index, np.int64),
+            timestamp_s=np.full(count, timestamp_s, np.float64),
+            boxes=np.asarray(boxes, np.float32).reshape(count, 4),
+            landmarks=np.asarray(landmarks, np.float32).reshape(count, LANDMARK_COUNT, 2),
+            det_score=np.asarray(det_score, np.float32).reshape(count),
+            detected=np.full(count, detected, bool),
+            frame_width=np.full(count, frame_size[0], np.int32),
+            frame_height=np.full(count, frame_size[1], np.int32),
+        )
+
+    @classmethod
     def per_face_fields(cls) -> list[str]:
         """Names of the fields that hold one entry per face."""
         return [field.name for field in dataclasses.fields(cls) if field.name not in ("source", "media_type")]

@@ -163,6 +163,7 @@ def _guarded(batch: FrameBatch, stage: str, work) -> FrameBatch | None:
 def detect_faces(events: Iterable[Event], detector: FaceDetector, options: RunOptions) -> Iterator[Event]:
     """Group frames into windows of `detect_batch` detector frames (every `detect_every`-th frame) and detect."""
     window: list[FrameBatch] = []
+    window_detections = 0  # frames in the window the detector will see
     sampled = 0
 
     def detect(batch: FrameBatch) -> FrameBatch:
@@ -174,13 +175,13 @@ def detect_faces(events: Iterable[Event], detector: FaceDetector, options: RunOp
         return replace(batch, faces=faces)
 
     def flush() -> Iterator[Event]:
-        nonlocal window
+        nonlocal window, window_detections
         if window:
             merged = FrameBatch(
                 window[0].run, [frame for batch in window for frame in batch.frames],
                 sum(batch.frame_count for batch in window), [flag for batch in window for flag in batch.detect],
             )
-            window = []
+            window, window_detections = [], 0
             detected = _guarded(merged, "detect", detect)
             if detected is not None:
                 yield detected
@@ -192,7 +193,8 @@ def detect_faces(events: Iterable[Event], detector: FaceDetector, options: RunOp
             flags = [(sampled + offset) % options.detect_every == 0 for offset in range(event.frame_count)]
             sampled += event.frame_count
             window.append(replace(event, detect=flags))
-            if sum(flag for batch in window for flag in batch.detect) >= options.detect_batch:
+            window_detections += sum(flags)
+            if window_detections >= options.detect_batch:
                 yield from flush()
             continue
         if isinstance(event, SourceFinished):
@@ -202,7 +204,7 @@ def detect_faces(events: Iterable[Event], detector: FaceDetector, options: RunOp
         yield event
 
 
-Refiner = Callable[[Frame, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+Refiner = Callable[[Frame, np.ndarray, str, str], Faces]
 
 
 def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -> Iterator[Event]:
@@ -212,21 +214,11 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -
     miss. In an image each face is its own track, numbered left to right."""
     tracker = IoUTracker(options.track_iou, options.max_missed)
 
-    def refined_faces(frame: Frame, like: Faces) -> Faces:
+    def refined_faces(frame: Frame, source: MediaSource) -> Faces:
         track_ids, predicted = tracker.predictions(frame.index)
-        boxes, scores, landmarks = refine(frame, predicted)
-        keep = scores >= min(options.threshold, defaults.REFINE_THRESHOLD)
-        count = int(keep.sum())
-        height, width = frame.rgb.shape[:2]
-        faces = Faces.empty(like.source, like.media_type).replace(
-            frame_index=np.full(count, frame.index, np.int64),
-            timestamp_s=np.full(count, frame.timestamp_s, np.float64),
-            boxes=boxes[keep], landmarks=landmarks[keep], det_score=scores[keep],
-            detected=np.zeros(count, bool),
-            frame_width=np.full(count, width, np.int32), frame_height=np.full(count, height, np.int32),
-            track_id=track_ids[keep],
-        )
-        return tracker.update_tracks(frame.index, faces)
+        refined = refine(frame, predicted, source.relative, source.media_type).replace(track_id=track_ids)
+        keep = refined.det_score >= min(options.threshold, defaults.REFINE_THRESHOLD)
+        return tracker.update_tracks(frame.index, refined.select(keep))
 
     def track(batch: FrameBatch) -> FrameBatch:
         detections = batch.faces
@@ -237,7 +229,7 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -
             if detected:
                 per_frame.append(tracker.update(frame.index, detections.select(detections.frame_index == frame.index)))
             else:
-                per_frame.append(refined_faces(frame, detections))
+                per_frame.append(refined_faces(frame, batch.run.source))
         return replace(batch, faces=Faces.concat(per_frame))
 
     for event in events:
