@@ -13,6 +13,10 @@ sets, models loaded once beforehand, and prints for each:
 Figures move 2-3x between machines, so only ratios from one run count.
 
     .venv/bin/python benchmarks/annotate_throughput.py [--video PATH] [--max-frames N] [--device cpu]
+    .venv/bin/python benchmarks/annotate_throughput.py --device cuda --detect-batches 1,8,32
+
+With --detect-batches, the defaults also run with each of those detector batch sizes
+(frames per MTCNN call; on a GPU larger batches fill the device).
 """
 
 from __future__ import annotations
@@ -135,19 +139,26 @@ def agreement(found: Result, full: Result) -> float:
     return same / matched if matched else float("nan")
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def classifier_speed(annotator: Annotator, batch: int = 64, repeats: int = 20) -> str:
     """CNN crops/s alone (no detection), with and without the flip averaging annotate uses."""
     from fer_batch.model import EmotionEnsemble, count_parameters, model_macs_per_crop
 
-    model = annotator.checkpoint.model.eval()
+    model = annotator.checkpoint.model.to(annotator.device).eval()
     crops = torch.randn(batch, 1, 48, 48, device=annotator.device)
     figures = []
     for flip in (False, True):
         with torch.no_grad():
             model.encode(crops, flip_average=flip)
+            _synchronize(annotator.device)
             begin = time.perf_counter()
             for _ in range(repeats):
                 model.encode(crops, flip_average=flip)
+            _synchronize(annotator.device)
             figures.append(batch * repeats / (time.perf_counter() - begin))
     members = len(model.members) if isinstance(model, EmotionEnsemble) else 1
     return (
@@ -157,7 +168,9 @@ def classifier_speed(annotator: Annotator, batch: int = 64, repeats: int = 20) -
     )
 
 
-def benchmark_clip(annotator: Annotator, video: Path, label: str, max_frames: int | None) -> None:
+def benchmark_clip(
+    annotator: Annotator, video: Path, label: str, max_frames: int | None, detect_batches: tuple[int, ...] = ()
+) -> None:
     truth = reference(video, max_frames, annotator.device)
     reference_fps = truth.frames / truth.seconds
     print(f"\n{label}: {truth.frames} frames; reference MTCNN.detect on every frame (facenet-pytorch's default "
@@ -166,7 +179,8 @@ def benchmark_clip(annotator: Annotator, video: Path, label: str, max_frames: in
           f"{'same emotion':>12s} {'tracks':>10s}")
     runs: dict[RunOptions, Result] = {}  # identical option sets (e.g. the defaults and the full path) run once
     results = {}
-    for name, changes in CONFIGURATIONS:
+    configurations = list(CONFIGURATIONS) + [(f"defaults --detect-batch {size}", {"detect_batch": size}) for size in detect_batches]
+    for name, changes in configurations:
         options = RunOptions(max_frames=max_frames, **changes)
         results[name] = runs[options] = runs.get(options) or annotate(annotator, video, options)
     full = results[FULL_PATH]
@@ -183,7 +197,10 @@ def main() -> None:
     parser.add_argument("--video", type=Path, default=DEFAULT_VIDEO)
     parser.add_argument("--max-frames", type=int, default=None, help="frames per clip (default: the whole clip)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--detect-batches", default="", help="comma-separated detector batch sizes to add (e.g. 1,8,32)")
+    parser.add_argument("--classifier-batch", type=int, default=64)
     args = parser.parse_args()
+    detect_batches = tuple(int(size) for size in args.detect_batches.split(",") if size.strip())
     if not args.video.is_file():
         raise SystemExit(f"benchmark video not found: {args.video}")
 
@@ -193,12 +210,12 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch threads {torch.get_num_threads()}, device {annotator.device}")
     print(f"weights: {annotator.checkpoint.name}; model+detector load {load_seconds:.1f} s")
-    print(classifier_speed(annotator))
-    benchmark_clip(annotator, args.video, f"{args.video.name} (1920x1080)", args.max_frames)
+    print(classifier_speed(annotator, batch=args.classifier_batch))
+    benchmark_clip(annotator, args.video, f"{args.video.name} (1920x1080)", args.max_frames, detect_batches)
     with tempfile.TemporaryDirectory() as folder:
         fps = cv2.VideoCapture(str(args.video)).get(cv2.CAP_PROP_FPS) or 25.0
         small = write_copy(read_frames(args.video, args.max_frames), (640, 360), Path(folder) / "crowd-640x360.mp4", fps)
-        benchmark_clip(annotator, small, "the same clip at 640x360", args.max_frames)
+        benchmark_clip(annotator, small, "the same clip at 640x360", args.max_frames, detect_batches)
 
 
 if __name__ == "__main__":

@@ -47,10 +47,12 @@ class ModelConfig:
 
 # Named architectures for `fer train --model`. "base" is ModelConfig()'s defaults;
 # "wide" has 2.8x its multiply-accumulates and trains well only with bf16 or a GPU;
+# "large" (about 6x base) is for GPU training;
 # "small" is for smoke runs and tests.
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "base": ModelConfig(),
     "wide": ModelConfig(stage_channels=(48, 96, 192, 384), convs_per_stage=(1, 2, 2, 2)),
+    "large": ModelConfig(stage_channels=(64, 128, 256, 512), convs_per_stage=(2, 2, 2, 2)),
     "small": ModelConfig(stage_channels=(8, 16, 16, 32), convs_per_stage=(1, 1, 1, 1), gru_hidden=16),
 }
 

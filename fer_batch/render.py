@@ -1,12 +1,15 @@
 """Annotated copies of the inputs: boxes, track ids and emotion labels drawn on the media.
 
 Videos are re-decoded and written frame for frame (same fps and frame count as the
-source); when only every n-th frame was annotated, a face's last annotation stays on
-screen until its next one, so the overlay does not blink. Images become JPEGs.
+source) as H.264 in yuv420p with the index at the front of the file (faststart), so
+browsers play them and can seek at once; the encoder is the libx264 inside PyAV's wheel.
+When only every n-th frame was annotated, a face's last annotation stays on screen until
+its next one, so the overlay does not blink. Images become JPEGs.
 """
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -55,6 +58,39 @@ def render_image(path: Path, rows: pd.DataFrame, target: Path) -> Path:
     return target
 
 
+class H264Writer:
+    """BGR frames to a browser-playable MP4: H.264, yuv420p, constant frame rate, faststart.
+
+    yuv420p needs even sides, so an odd-sized frame gets one black row or column added.
+    """
+
+    def __init__(self, path: Path, fps: float, size: tuple[int, int], crf: int = 23) -> None:
+        import av
+
+        self._container = av.open(str(path), mode="w", format="mp4", options={"movflags": "+faststart"})
+        rate = Fraction(fps).limit_denominator(1001) if fps and fps > 0 else Fraction(25)
+        self._stream = self._container.add_stream("libx264", rate=rate)
+        width, height = size
+        self._stream.width, self._stream.height = width + width % 2, height + height % 2
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.options = {"crf": str(crf), "preset": "veryfast"}
+        self._frame_class = av.VideoFrame
+
+    def write(self, bgr: np.ndarray) -> None:
+        height, width = bgr.shape[:2]
+        pad_bottom, pad_right = self._stream.height - height, self._stream.width - width
+        if pad_bottom or pad_right:
+            bgr = cv2.copyMakeBorder(bgr, 0, pad_bottom, 0, pad_right, cv2.BORDER_CONSTANT, value=0)
+        frame = self._frame_class.from_ndarray(np.ascontiguousarray(bgr), format="bgr24")
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self._stream.encode():  # flush the encoder's delayed frames
+            self._container.mux(packet)
+        self._container.close()
+
+
 def render_video(path: Path, rows: pd.DataFrame, target: Path) -> Path:
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
@@ -63,14 +99,15 @@ def render_video(path: Path, rows: pd.DataFrame, target: Path) -> Path:
     width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
     height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     temporary = target.with_name(f".{target.name}.partial.mp4")
-    writer = cv2.VideoWriter(str(temporary), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     by_frame = {index: group for index, group in rows.groupby("frame_index")}
     annotated = sorted(by_frame)
     gap = int(np.max(np.diff(annotated))) if len(annotated) > 1 else 1
     current = rows.iloc[0:0]
     last_annotated = -(10**9)
     index = 0
+    writer = None
     try:
+        writer = H264Writer(temporary, fps, (width, height))
         while True:
             ok, bgr = capture.read()
             if not ok:
@@ -81,9 +118,15 @@ def render_video(path: Path, rows: pd.DataFrame, target: Path) -> Path:
                 current = rows.iloc[0:0]
             writer.write(draw_faces(bgr, current))
             index += 1
+        writer.close()
+        writer = None
     finally:
         capture.release()
-        writer.release()
+        if writer is not None:  # an error mid-way: close what was opened, leave no partial file
+            try:
+                writer.close()
+            finally:
+                temporary.unlink(missing_ok=True)
     temporary.replace(target)
     return target
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,9 +131,6 @@ def test_bad_weights_file_is_a_clear_usage_error(tmp_path, media_dir):
 
 def test_a_fifo_named_like_a_video_does_not_hang_the_run(tmp_path, media_dir, shipped_weights):
     """Opening a FIFO blocks until someone writes to it: the run must skip it, say why, and finish."""
-    import subprocess
-    import sys
-
     folder = tmp_path / "in"
     folder.mkdir()
     shutil.copy(media_dir / "group-six-faces.jpg", folder / "group.jpg")
@@ -146,3 +146,27 @@ def test_a_fifo_named_like_a_video_does_not_hang_the_run(tmp_path, media_dir, sh
     assert errors.to_dict("records") == [
         {"source": "clip.mp4", "stage": "input", "message": "not a regular file but a FIFO (named pipe); skipped"}
     ]
+
+
+def test_piped_summary_keeps_names_whole_and_json_goes_to_stdout(tmp_path, media_dir):
+    """Piped, the summary is plain lines (no 80-column table folding names), counts read '1 source',
+    and --json prints the summary document alone on stdout."""
+    name = "a very long file name, with commas and ünïcode – the group photo.jpg"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(media_dir / "group-six-faces.jpg", folder / name)
+    out = tmp_path / "out" / "r.parquet"
+    finished = subprocess.run(
+        [sys.executable, "-m", "fer_batch.cli", "annotate", str(folder), "--out", str(out), "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr
+    document = json.loads(finished.stdout)
+    assert document["totals"]["sources"] == 1 and document["totals"]["faces"] == 6
+    assert [row["source"] for row in document["sources"]] == [name]
+    assert document["outputs"]["faces"] == str(out) and pd.read_parquet(out).shape[0] == 6
+    lines = finished.stderr.splitlines()
+    assert sum(line.startswith(name + "\t") for line in lines) == 1 + 6  # the source row and its six tracks
+    assert any(line.startswith("1 source (1 ok), 1 frame annotated of 1 read, 6 faces in 6 tracks, 0 errors")
+               for line in lines)
+    assert any(line.startswith("wrote 6 rows to ") and line.endswith("errors r.errors.parquet") for line in lines)

@@ -4,6 +4,10 @@ The golden files in tests/golden/ were written by the pipeline as it stood befor
 rebuilt around `Faces` batches (commit "Golden output of fer annotate ..."). A change
 that is meant to alter the output (new weights, a new detector) regenerates them with
 `fer annotate ../shared/media --out tests/golden/media-all-frames.parquet` and says why.
+
+Regenerated on 2026-11-26 for the new default weights (one network distilled from the
+two-network ensemble): the same 574 rows, track ids, boxes and landmarks; the emotion
+probabilities are the new network's.
 """
 
 from __future__ import annotations

@@ -76,14 +76,21 @@ def test_report_is_html_naming_every_source_track_and_error(reported_run):
 
 
 def test_rendered_copies_match_their_sources(reported_run):
+    """Videos play in browsers: H.264, yuv420p, index first (faststart), same fps and frame count."""
+    import av
+
     folder, out = reported_run
     source, rendered = cv2.VideoCapture(str(folder / "crowd.mp4")), cv2.VideoCapture(str(out / "render" / "crowd.mp4"))
     assert rendered.isOpened()
     assert rendered.get(cv2.CAP_PROP_FPS) == pytest.approx(source.get(cv2.CAP_PROP_FPS))
-    frames = 0
-    while rendered.grab():
-        frames += 1
+    with av.open(str(out / "render" / "crowd.mp4")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        assert not container.streams.audio
+        frames = sum(1 for _ in container.decode(stream))
     assert frames == int(source.get(cv2.CAP_PROP_FRAME_COUNT)) == 105
+    head = (out / "render" / "crowd.mp4").read_bytes()
+    assert head.index(b"moov") < head.index(b"mdat")  # faststart: playable before fully downloaded
     picture = cv2.imread(str(out / "render" / "group.jpg"))
     original = cv2.imread(str(folder / "group.jpg"))
     assert picture.shape == original.shape
@@ -123,3 +130,22 @@ def test_report_renders_in_headless_chromium(reported_run, tmp_path):
     image = cv2.imread(str(screenshot))
     assert image is not None and image.shape[:2] == (1600, 1200)
     assert image.std() > 20  # a page with content, not a blank or error screen
+
+
+def test_h264_writer_pads_odd_sizes_and_keeps_every_frame(tmp_path):
+    """yuv420p needs even sides: a 5x3 video becomes 6x4 with the picture in its top-left corner."""
+    import av
+
+    from fer_batch.render import H264Writer
+
+    writer = H264Writer(tmp_path / "odd.mp4", 12.5, (5, 3))
+    for value in range(0, 250, 10):
+        writer.write(np.full((3, 5, 3), value, np.uint8))
+    writer.close()
+    with av.open(str(tmp_path / "odd.mp4")) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.width, stream.codec_context.height) == (6, 4)
+        assert float(stream.average_rate) == pytest.approx(12.5)
+        pictures = [frame.to_ndarray(format="gray") for frame in container.decode(stream)]
+    assert len(pictures) == 25
+    assert [int(round(p[:3, :5].mean())) for p in pictures[::8]] == pytest.approx([0, 80, 160, 240], abs=6)

@@ -361,3 +361,52 @@ def test_half_export_stores_fp16_weights_that_load_as_fp32_with_the_same_answers
     rounded = predict_stills(loaded.model, faces, loaded.preprocessing, cpu)
     assert np.abs(rounded - reference).max() < 5e-3
     assert (rounded.argmax(1) == reference.argmax(1)).mean() >= 0.98
+
+
+def _kl_to_teacher(student_path: Path, teacher_path: Path, fer_dir: Path) -> float:
+    """Mean KL(teacher || student) of the CNN answers on 200 training stills."""
+    from fer_batch.preprocess import normalize_crops
+
+    images = load_split(fer_dir, "train").images[:200]
+    answers = []
+    for path in (teacher_path, student_path):
+        checkpoint = load_checkpoint(path)
+        with torch.no_grad():
+            features = checkpoint.model.encode(normalize_crops(images, checkpoint.preprocessing))
+            answers.append(torch.log_softmax(checkpoint.model.frame_logits(features).float(), dim=1))
+    teacher, student = answers
+    return float((teacher.exp() * (teacher - student)).sum(1).mean())
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(trained_run, fer_dir, tmp_path):
+    """Same seed, same data, same schedule: with --teacher (distillation alone) the student ends
+    nearer the teacher's answers than without it; flip averaging off is recorded for annotate."""
+    common = [
+        "train", "--data", str(fer_dir), "--small", "--epochs", "2", "--temporal-epochs", "0",
+        "--limit-train", "640", "--limit-test", "160", "--batch-size", "64", "--device", "cpu", "--quiet",
+        "--seed", "3", "--no-tta-flip",
+    ]
+    teacher = trained_run / "best.pt"
+    plain = runner.invoke(app, [*common, "--out", str(tmp_path / "plain")])
+    distilled = runner.invoke(app, [*common, "--out", str(tmp_path / "kd"), "--teacher", str(teacher),
+                                    "--distill-weight", "1.0"])
+    assert plain.exit_code == 0 and distilled.exit_code == 0, plain.output + distilled.output
+    kl_plain = _kl_to_teacher(tmp_path / "plain" / "last.pt", teacher, fer_dir)
+    kl_distilled = _kl_to_teacher(tmp_path / "kd" / "last.pt", teacher, fer_dir)
+    assert kl_distilled < 0.7 * kl_plain, (kl_distilled, kl_plain)
+    student = load_checkpoint(tmp_path / "kd" / "last.pt")
+    assert student.preprocessing.tta_flip is False
+    assert student.extra["training_config"]["teacher"] == str(teacher)
+    bad_weight = runner.invoke(app, [*common, "--out", str(tmp_path / "bad"), "--teacher", str(teacher),
+                                     "--distill-weight", "0"])
+    assert bad_weight.exit_code == 2 and "distill_weight" in bad_weight.output
+
+
+def test_export_can_turn_flip_averaging_back_on(trained_run, tmp_path):
+    from fer_batch.training.export import export_checkpoint
+
+    run_flip = load_checkpoint(trained_run / "best.pt").preprocessing.tta_flip
+    export_checkpoint(trained_run / "best.pt", tmp_path / "as-run.pt")
+    export_checkpoint(trained_run / "best.pt", tmp_path / "flipped.pt", half=True, tta_flip=not run_flip)
+    assert load_checkpoint(tmp_path / "as-run.pt").preprocessing.tta_flip is run_flip
+    assert load_checkpoint(tmp_path / "flipped.pt").preprocessing.tta_flip is (not run_flip)

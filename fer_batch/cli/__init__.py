@@ -7,6 +7,7 @@ input path, an unsupported --out extension, a bad option value).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -56,15 +57,16 @@ def annotate(
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report here."),
     render: Optional[Path] = typer.Option(None, "--render", help="Also write annotated copies of the inputs into this folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary on the terminal."),
+    json_summary: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout (for scripts); the rest goes to stderr."),
 ) -> None:
     """Detect, track and classify every face in images and videos."""
-    console = Console(stderr=True, quiet=quiet)
+    console = Console(stderr=True, quiet=quiet, soft_wrap=True)
     from fer_batch.api import annotate_to_file
     from fer_batch.cli.progress import RichProgress
     from fer_batch.media import InputPathError, discover_sources
     from fer_batch.options import RunOptions
     from fer_batch.pipeline import Annotator
-    from fer_batch.report import print_summary
+    from fer_batch.report import plural, print_summary, summary_document
     from fer_batch.writers import OutputPathError, check_output_path
 
     try:
@@ -89,11 +91,16 @@ def annotate(
         result = annotate_to_file(paths, out, annotator=annotator, progress=progress, **asdict(options))
     print_summary(result.summary, console)
     console.print(
-        f"wrote {result.rows} rows to [bold]{escape(str(result.out_path))}[/]; summary {result.summary_path.name}, "
+        f"wrote {plural(result.rows, 'row')} to [bold]{escape(str(result.out_path))}[/]; summary {result.summary_path.name}, "
         f"tracks {result.tracks_path.name}, errors {result.errors_path.name}"
     )
     if report is not None or render is not None:
         _report_and_render(out, report, render, console)
+    if json_summary:
+        outputs = {"faces": result.out_path, "summary": result.summary_path, "tracks": result.tracks_path,
+                   "errors": result.errors_path}
+        outputs.update({name: path for name, path in (("report", report), ("render", render)) if path is not None})
+        typer.echo(json.dumps(summary_document(result.summary, outputs), indent=2))
     if result.summary.totals["sources_ok"] == 0:
         raise typer.Exit(EXIT_NOTHING_PROCESSED)
 
@@ -101,6 +108,7 @@ def annotate(
 def _report_and_render(results: Path, report: Optional[Path], render: Optional[Path], console: Console) -> None:
     from fer_batch.html_report import build_report
     from fer_batch.render import render_run
+    from fer_batch.report import plural
     from fer_batch.results import read_run
 
     tables = read_run(results)
@@ -111,7 +119,7 @@ def _report_and_render(results: Path, report: Optional[Path], render: Optional[P
     if render is not None:
         with console.status("rendering annotated copies"):
             written, failed = render_run(tables, render)
-        console.print(f"rendered {len(written)} annotated files into [bold]{escape(str(render))}[/]")
+        console.print(f"rendered {plural(len(written), 'annotated file')} into [bold]{escape(str(render))}[/]")
         for source, reason in failed:
             Console(stderr=True).print(f"[yellow]could not render {escape(source)}: {escape(reason)}[/]")
 
@@ -124,7 +132,7 @@ def report_command(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """HTML report (and optionally annotated media) for an existing annotate output."""
-    console = Console(stderr=True, quiet=quiet)
+    console = Console(stderr=True, quiet=quiet, soft_wrap=True)
     if out.suffix.lower() not in {".html", ".htm"}:
         raise _fail(f"--out must name an .html file, got {out}")
     try:
@@ -154,6 +162,10 @@ def train(
     clips_per_epoch: int = typer.Option(3000, "--clips-per-epoch", min=1),
     small: bool = typer.Option(False, "--small", help="Same as --model small: a tiny network, for smoke tests."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help="Stop after this many epochs; continue later with --resume."),
+    tta_flip: bool = typer.Option(True, "--tta-flip/--no-tta-flip", help="Flip averaging at evaluation, stored for annotate (off: half the cost)."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Distil from this checkpoint (e.g. the shipped ensemble)."),
+    distill_weight: float = typer.Option(0.5, "--distill-weight", help="Share of the distillation term in the loss (with --teacher)."),
+    distill_temperature: float = typer.Option(2.0, "--distill-temperature", min=0.1, help="Softmax temperature of distillation."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train the CNN-GRU on FER2013 (best epoch chosen on PublicTest, never trained on)."""
@@ -161,7 +173,7 @@ def train(
     from fer_batch.training.data import DatasetError
     from fer_batch.training.train import TrainConfig, train as run_training
 
-    console = Console(stderr=True, quiet=quiet)
+    console = Console(stderr=True, quiet=quiet, soft_wrap=True)
     preset = "small" if small else model
     if preset not in MODEL_PRESETS:
         raise _fail(f"unknown --model {preset!r}; use one of {', '.join(MODEL_PRESETS)}")
@@ -169,7 +181,8 @@ def train(
         data=str(data), out_dir=str(out), epochs=epochs, temporal_epochs=temporal_epochs, batch_size=batch_size,
         learning_rate=learning_rate, seed=seed, device=device, limit_train=limit_train, limit_test=limit_test,
         clips_per_epoch=clips_per_epoch, init_from=str(init_from) if init_from else None, init_member=init_member,
-        model=MODEL_PRESETS[preset], precision=precision, eval_every=eval_every,
+        model=MODEL_PRESETS[preset], precision=precision, eval_every=eval_every, tta_flip=tta_flip,
+        teacher=str(teacher) if teacher else None, distill_weight=distill_weight, distill_temperature=distill_temperature,
     )
     try:
         result = run_training(config, resume=resume, show_progress=not quiet, log=console.print, stop_after=stop_after)
@@ -194,7 +207,7 @@ def evaluate(
     from fer_batch.training.data import DatasetError
     from fer_batch.training.evaluate import evaluate as run_evaluation, print_evaluation
 
-    console = Console(stderr=True, quiet=quiet)
+    console = Console(stderr=True, quiet=quiet, soft_wrap=True)
     try:
         result = run_evaluation(
             data=data, weights=weights, split=split, out_dir=out, detect=detect, sequence=sequence,

@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from fer_batch.labels import EMOTIONS
 from fer_batch.model import (
-    MODEL_PRESETS, EmotionNet, ModelConfig, checkpoint_payload, member_weights, read_checkpoint, save_checkpoint,
+    MODEL_PRESETS, EmotionNet, ModelConfig, checkpoint_payload, load_checkpoint, member_weights, read_checkpoint,
+    save_checkpoint,
 )
 from fer_batch.preprocess import Preprocessing, normalize_crops
 from fer_batch.runtime import resolve_device
@@ -65,6 +66,10 @@ class TrainConfig:
     init_from: str | None = None  # start from this checkpoint's weights, on a fresh schedule (fine-tuning)
     init_member: int | None = None  # with an ensemble init_from: which member (1-based) to start from
     precision: str = "auto"  # auto: fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32
+    tta_flip: bool = True  # flip averaging at evaluation (and stored for annotate); off = half the inference cost
+    teacher: str | None = None  # distil from this checkpoint (e.g. the shipped ensemble) on the same augmented crops
+    distill_weight: float = 0.5  # share of the distillation term in the loss when a teacher is given
+    distill_temperature: float = 2.0
     eval_every: int = 1  # PublicTest evaluation every N CNN epochs; always in the last fifth and the GRU stage
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -160,7 +165,7 @@ class Trainer:
         self.log = log
         self.out_dir = Path(config.out_dir)
         self.device = resolve_device(config.device)
-        self.preprocessing = Preprocessing()
+        self.preprocessing = Preprocessing(tta_flip=config.tta_flip)
         self.generator = _seed_everything(config.seed)
         train = load_split(config.data, "train")
         test = load_split(config.data, "test")
@@ -185,7 +190,21 @@ class Trainer:
         if config.eval_every < 1:
             raise ValueError(f"eval_every must be at least 1, got {config.eval_every}")
         self.autocast_dtype = resolve_precision(config.precision, self.device)
+        self.teacher = self._load_teacher(config.teacher) if config.teacher else None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+
+    def _load_teacher(self, path: str) -> torch.nn.Module:
+        """The network to distil from, frozen; its classes must be this run's."""
+        checkpoint = load_checkpoint(path, self.device)
+        if tuple(checkpoint.class_names) != self.class_names:
+            raise ValueError(f"{path}: the teacher predicts {checkpoint.class_names}, this run {self.class_names}")
+        if not 0.0 < self.config.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in (0, 1], got {self.config.distill_weight}")
+        teacher = checkpoint.model.to(self.device).eval()
+        for parameter in teacher.parameters():
+            parameter.requires_grad_(False)
+        self.log(f"distilling from {path} (weight {self.config.distill_weight}, temperature {self.config.distill_temperature})")
+        return teacher
 
     # -- set-up of each stage -------------------------------------------------------
     def _steps_per_epoch(self) -> int:
@@ -290,6 +309,8 @@ class Trainer:
                 else:
                     logits = self.model.frame_logits(self.model.encode(crops))
                     loss = self._loss(logits, targets)
+                    if self.teacher is not None:
+                        loss = self._distilled_loss(loss, logits, crops)
             self._step(loss)
             total_loss += float(loss.detach()) * len(batch)
             correct += int((logits.argmax(1) == targets).sum())
@@ -338,6 +359,19 @@ class Trainer:
         return F.cross_entropy(
             logits.float(), targets, weight=self.class_weights, label_smoothing=self.config.label_smoothing
         )
+
+    def _distilled_loss(self, label_loss: torch.Tensor, logits: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
+        """Hinton's knowledge distillation: the teacher's softened answer on the very same augmented crops."""
+        with torch.no_grad():
+            teacher_logits = self.teacher.frame_logits(self.teacher.encode(crops)).float()
+        temperature = self.config.distill_temperature
+        distill = F.kl_div(
+            torch.log_softmax(logits.float() / temperature, dim=1),
+            torch.log_softmax(teacher_logits / temperature, dim=1),
+            reduction="batchmean", log_target=True,
+        ) * temperature**2
+        weight = self.config.distill_weight
+        return (1 - weight) * label_loss + weight * distill
 
     def _step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
