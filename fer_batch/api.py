@@ -7,6 +7,7 @@ Options are keywords with the CLI's names (`--detect-scale 0.5` is `detect_scale
     for batch in fer_batch.iter_faces(["archive/"]):                       # columnar Faces batches
         ...
     result = fer_batch.annotate_to_file(["videos/"], "results.parquet")   # + summary, tracks, errors
+    result = fer_batch.annotate_to_file(["videos/"], "results/", resume=True)  # a resumable dataset folder
     run = fer_batch.read_run("results.parquet")                           # all of it back, with metadata
 """
 
@@ -25,6 +26,7 @@ from fer_batch.pipeline import AnnotationRun, Annotator, ProgressListener
 from fer_batch.results import companion_path
 from fer_batch.schema import ERROR_SCHEMA, annotation_schema, source_summary_schema, track_summary_schema
 from fer_batch.statistics import RunSummary
+from fer_batch.dataset import DatasetResult, annotate_to_dataset
 from fer_batch.writers import AnnotationWriter, check_output_path, faces_to_record_batch, faces_to_table, write_table_atomic
 
 
@@ -85,11 +87,21 @@ def annotate_to_file(
     out: str | Path,
     annotator: Annotator | None = None,
     progress: ProgressListener | None = None,
+    resume: bool = False,
     **options: Any,
-) -> AnnotationResult:
-    """Run and write the face table plus `<stem>.summary`, `<stem>.tracks`, `<stem>.errors` beside it."""
+) -> "AnnotationResult | DatasetResult":
+    """Run and write the face table plus `<stem>.summary`, `<stem>.tracks`, `<stem>.errors` beside it.
+
+    A directory `out` (trailing slash, or no extension) gets a dataset of Parquet parts instead
+    (fer_batch.dataset); `resume=True` continues one, skipping the sources already complete.
+    """
+    output_format = check_output_path(Path(out))
+    if output_format == "dataset":
+        run = _start([], annotator, None, options)  # checks the options and loads the models once
+        return annotate_to_dataset(paths, out, run.annotator, run.options, progress, resume=resume)
+    if resume:
+        raise ValueError("resume applies to a dataset directory output (--out results/), not to a single file")
     out = Path(out)
-    check_output_path(out)
     run = _start(paths, annotator, progress, options)
     writer = AnnotationWriter(out, run.class_names)
     try:

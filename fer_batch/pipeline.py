@@ -399,6 +399,8 @@ class AnnotationRun:
         )
         self.started_at = time.time()
         self.finished_at: float | None = None
+        # Called as each source finishes, after its last batch was yielded: (source, its summary rows).
+        self.source_finished_listeners: list[Callable[[MediaSource, RunSummary], None]] = []
 
     def events(self) -> Iterator[Event]:
         """The stage chain: frames -> detect -> track -> crop -> classify."""
@@ -425,6 +427,10 @@ class AnnotationRun:
             else:
                 self.statistics.source_finished(run.number, run.frames_read, run.errors)
                 self.progress.source_finished(run.source)
+                if self.source_finished_listeners:
+                    finished = self.statistics.source_summary(run.number)
+                    for listener in self.source_finished_listeners:
+                        listener(run.source, finished)
         self.finished_at = time.time()
 
     @property

@@ -27,6 +27,9 @@ from fer_batch.schema import (
 
 METADATA_KEY = "fer_batch"  # Parquet key-value metadata key; its value is the JSON document below
 COMPANIONS = ("summary", "tracks", "errors")
+# A dataset folder (fer_batch.dataset) keeps its companions as _<kind>.parquet, which readers of
+# the folder as one table skip, and its metadata document as _run.json.
+DATASET_RUN_DOCUMENT = "_run.json"
 
 
 @dataclass
@@ -55,7 +58,10 @@ class RunMetadata:
 
 
 def companion_path(out_path: Path, kind: str) -> Path:
-    """results.parquet -> results.summary.parquet, results.tracks.parquet, results.errors.parquet."""
+    """results.parquet -> results.summary.parquet, results.tracks.parquet, results.errors.parquet;
+    a dataset folder results/ -> results/_summary.parquet, ..."""
+    if out_path.is_dir():
+        return out_path / f"_{kind}.parquet"
     return out_path.with_name(f"{out_path.stem}.{kind}{out_path.suffix}")
 
 
@@ -67,6 +73,11 @@ def meta_json_path(out_path: Path) -> Path:
 def read_metadata(out_path: Path | str) -> RunMetadata:
     """The metadata document of an output (face table or companion)."""
     out_path = Path(out_path)
+    if out_path.is_dir():
+        document = out_path / DATASET_RUN_DOCUMENT
+        if not document.is_file():
+            raise FileNotFoundError(f"{document} is missing: {out_path} is not a complete fer annotate dataset")
+        return RunMetadata.from_json(document.read_text())
     if out_path.suffix.lower() == ".parquet":
         stored = pq.read_metadata(out_path).metadata or {}
         if METADATA_KEY.encode() not in stored:
@@ -81,6 +92,8 @@ def read_metadata(out_path: Path | str) -> RunMetadata:
 def read_table(path: Path | str, schema: pa.Schema) -> pd.DataFrame:
     """A table written by fer annotate, Parquet or CSV, as a DataFrame with the schema's dtypes."""
     path = Path(path)
+    if path.is_dir():  # a dataset folder: its part files as one table (files starting with _ or . are skipped)
+        return pq.read_table(path, schema=schema).to_pandas()
     if path.suffix.lower() == ".parquet":
         return pq.read_table(path).to_pandas()
     dtypes = pandas_dtypes(schema)
@@ -104,9 +117,9 @@ class RunTables:
 
 
 def read_run(out_path: Path | str) -> RunTables:
-    """Read `results.parquet|csv` and the summary, tracks and errors tables beside it."""
+    """Read `results.parquet|csv` and the summary, tracks and errors tables beside it, or a dataset folder."""
     out_path = Path(out_path)
-    if not out_path.is_file():
+    if not out_path.is_file() and not out_path.is_dir():
         raise FileNotFoundError(f"annotation output not found: {out_path}")
     metadata = read_metadata(out_path)
     names = tuple(metadata.class_names)

@@ -125,48 +125,54 @@ class RunStatistics:
         tally.frames_read = frames_read
         tally.errors = list(errors)
 
-    def summary(self, elapsed_s: float) -> RunSummary:
+    def _tally_rows(self, tally: _SourceTally) -> tuple[dict, list[dict], list[ErrorRecord]]:
+        """One source's summary row, its track rows and its errors (a 'no face' note included)."""
         names = self.class_names
-        source_rows, track_rows = [], []
-        errors = list(self.input_errors)
-        for tally in self._sources.values():
-            counts = tally.emotion_counts
-            notes = []
-            if tally.faces == 0 and not tally.errors:
-                scope = "image" if tally.source.media_type == "image" else f"{tally.frames_annotated} annotated frames"
-                notes.append(ErrorRecord(tally.source.relative, "detect", f"no face detected in {scope}"))
-            errors += tally.errors + notes
-            shares = counts / counts.sum() if counts.sum() else np.zeros(len(names))
-            source_rows.append(
+        counts = tally.emotion_counts
+        notes = []
+        if tally.faces == 0 and not tally.errors:
+            scope = "image" if tally.source.media_type == "image" else f"{tally.frames_annotated} annotated frames"
+            notes.append(ErrorRecord(tally.source.relative, "detect", f"no face detected in {scope}"))
+        shares = counts / counts.sum() if counts.sum() else np.zeros(len(names))
+        source_row = {
+            "source": tally.source.relative,
+            "media_type": tally.source.media_type,
+            "status": tally.status,
+            "frames_read": tally.frames_read,
+            "frames_annotated": tally.frames_annotated,
+            "frames_with_faces": len(tally.frames_with_faces),
+            "faces": tally.faces,
+            "tracks": len(tally.tracks),
+            "errors": len(tally.errors) + len(notes),
+            "dominant_emotion": names[int(np.argmax(counts))] if counts.sum() else None,
+            **{f"share_{name}": np.float32(share) for name, share in zip(names, shares)},
+        }
+        track_rows = []
+        for track in tally.tracks.values():
+            means = track.probability_sum / max(1, track.length)
+            track_rows.append(
                 {
                     "source": tally.source.relative,
-                    "media_type": tally.source.media_type,
-                    "status": tally.status,
-                    "frames_read": tally.frames_read,
-                    "frames_annotated": tally.frames_annotated,
-                    "frames_with_faces": len(tally.frames_with_faces),
-                    "faces": tally.faces,
-                    "tracks": len(tally.tracks),
-                    "errors": len(tally.errors) + len(notes),
-                    "dominant_emotion": names[int(np.argmax(counts))] if counts.sum() else None,
-                    **{f"share_{name}": np.float32(share) for name, share in zip(names, shares)},
+                    "track_id": track.track_id,
+                    "first_frame": track.first_frame,
+                    "last_frame": track.last_frame,
+                    "first_timestamp_s": track.first_timestamp_s,
+                    "last_timestamp_s": track.last_timestamp_s,
+                    "length": track.length,
+                    "dominant_emotion": names[int(np.argmax(track.emotion_counts))],
+                    **{f"mean_prob_{name}": np.float32(mean) for name, mean in zip(names, means)},
                 }
             )
-            for track in tally.tracks.values():
-                means = track.probability_sum / max(1, track.length)
-                track_rows.append(
-                    {
-                        "source": tally.source.relative,
-                        "track_id": track.track_id,
-                        "first_frame": track.first_frame,
-                        "last_frame": track.last_frame,
-                        "first_timestamp_s": track.first_timestamp_s,
-                        "last_timestamp_s": track.last_timestamp_s,
-                        "length": track.length,
-                        "dominant_emotion": names[int(np.argmax(track.emotion_counts))],
-                        **{f"mean_prob_{name}": np.float32(mean) for name, mean in zip(names, means)},
-                    }
-                )
+        return source_row, track_rows, tally.errors + notes
+
+    def _summary_of(self, tallies: list[_SourceTally], errors: list[ErrorRecord], elapsed_s: float) -> RunSummary:
+        names = self.class_names
+        source_rows, track_rows, errors = [], [], list(errors)
+        for tally in tallies:
+            source_row, tracks, source_errors = self._tally_rows(tally)
+            source_rows.append(source_row)
+            track_rows += tracks
+            errors += source_errors
         return RunSummary(
             names,
             pd.DataFrame(source_rows, columns=source_summary_schema(names).names),
@@ -174,3 +180,10 @@ class RunStatistics:
             pd.DataFrame([vars(error) for error in errors], columns=ERROR_SCHEMA.names),
             elapsed_s,
         )
+
+    def summary(self, elapsed_s: float) -> RunSummary:
+        return self._summary_of(list(self._sources.values()), self.input_errors, elapsed_s)
+
+    def source_summary(self, number: int) -> RunSummary:
+        """The summary, tracks and errors rows of one finished source (for outputs written per source)."""
+        return self._summary_of([self._sources[number]], [], 0.0)

@@ -26,15 +26,22 @@ class OutputPathError(ValueError):
     """An --out path the tool cannot write: a usage error, reported before any work."""
 
 
+def is_dataset_path(path: Path | str) -> bool:
+    """A folder output: a trailing slash, an existing folder, or a name without a file extension."""
+    return str(path).endswith(("/", os.sep)) or Path(path).is_dir() or Path(path).suffix == ""
+
+
 def check_output_path(path: Path) -> str:
-    """The output format ('parquet' or 'csv') from the extension, or a clear error."""
+    """The output format ('parquet', 'csv', or 'dataset' for a folder) from the path, or a clear error."""
+    if is_dataset_path(path):
+        if path.exists() and not path.is_dir():
+            raise OutputPathError(f"output path {path} is a file; a dataset output is a directory")
+        return "dataset"
     suffix = path.suffix.lower()
     if suffix not in defaults.OUTPUT_SUFFIXES:
         raise OutputPathError(
             f"unsupported output extension '{path.suffix or '(none)'}' for {path}; use .parquet or .csv"
         )
-    if path.exists() and path.is_dir():
-        raise OutputPathError(f"output path {path} is a directory; give a file name ending .parquet or .csv")
     parent = path.parent if str(path.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise OutputPathError(f"output folder {parent} is not a directory")

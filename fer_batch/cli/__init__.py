@@ -2,12 +2,14 @@
 
 Exit codes: 0 when the run completed (even with per-file errors, which go to the
 errors table), 1 when nothing could be processed, 2 for usage errors (a missing
-input path, an unsupported --out extension, a bad option value).
+input path, an unsupported --out extension, a bad option value), 130 when the run was
+stopped by SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -26,6 +28,12 @@ app = typer.Typer(
 
 EXIT_NOTHING_PROCESSED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C (SIGINT); SIGTERM gives the same
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops a run like Ctrl-C: the part in progress is discarded, finished parts stay."""
+    raise KeyboardInterrupt
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -37,7 +45,8 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 @app.command()
 def annotate(
     paths: list[Path] = typer.Argument(..., help="Image/video files and folders (walked recursively)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output table: .parquet or .csv. Summary, tracks and errors tables are written beside it."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output table: .parquet or .csv (summary, tracks and errors tables beside it), or a directory (results/) for a resumable dataset of Parquet parts."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the dataset directory given by --out: skip the sources already complete there."),
     glob: list[str] = typer.Option([], "--glob", help="Only files whose relative path or name matches (repeatable)."),
     exclude: list[str] = typer.Option([], "--exclude", help="Skip files whose relative path or name matches (repeatable)."),
     every_nth: int = typer.Option(defaults.EVERY_NTH, "--every-nth", min=1, help="Annotate every n-th video frame."),
@@ -63,6 +72,7 @@ def annotate(
     console = Console(stderr=True, quiet=quiet, soft_wrap=True)
     from fer_batch.api import annotate_to_file
     from fer_batch.cli.progress import RichProgress
+    from fer_batch.dataset import DatasetError, prepare_directory
     from fer_batch.media import InputPathError, discover_sources
     from fer_batch.options import RunOptions
     from fer_batch.pipeline import Annotator
@@ -70,7 +80,11 @@ def annotate(
     from fer_batch.writers import OutputPathError, check_output_path
 
     try:
-        check_output_path(out)
+        output_format = check_output_path(out)
+        if resume and output_format != "dataset":
+            raise ValueError("--resume continues a dataset directory; give --out a directory such as results/")
+        if output_format == "dataset":
+            prepare_directory(out, resume)
         if report is not None and report.suffix.lower() not in {".html", ".htm"}:
             raise ValueError(f"--report must name an .html file, got {report}")
         options = RunOptions(
@@ -79,7 +93,7 @@ def annotate(
             detect_batch=detect_batch, batch_size=batch_size, track_iou=track_iou, max_missed=max_missed,
         )
         sources, unsupported = discover_sources(paths, options.glob, options.exclude)
-    except (InputPathError, OutputPathError, ValueError) as error:
+    except (InputPathError, OutputPathError, DatasetError, ValueError) as error:
         raise _fail(str(error))
     if not sources and not unsupported:
         raise _fail("no images or videos found under the given paths", EXIT_NOTHING_PROCESSED)
@@ -87,8 +101,21 @@ def annotate(
         annotator = Annotator(device=device, weights=weights, threads=threads)
     except (FileNotFoundError, ValueError) as error:
         raise _fail(str(error))
-    with RichProgress(console, enabled=not quiet) as progress:
-        result = annotate_to_file(paths, out, annotator=annotator, progress=progress, **asdict(options))
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with RichProgress(console, enabled=not quiet) as progress:
+            result = annotate_to_file(paths, out, annotator=annotator, progress=progress, resume=resume, **asdict(options))
+    except KeyboardInterrupt:
+        again = " with --resume" if output_format == "dataset" else ""
+        kept = f"the complete parts in {out} are kept; " if output_format == "dataset" else "nothing was written; "
+        Console(stderr=True).print(f"[yellow]interrupted:[/] {escape(kept)}run the same command{again} to continue")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    except DatasetError as error:
+        raise _fail(str(error))
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    if output_format == "dataset" and result.skipped_sources:
+        console.print(f"resumed: {plural(result.skipped_sources, 'source')} already complete in {escape(str(out))} skipped")
     print_summary(result.summary, console)
     console.print(
         f"wrote {plural(result.rows, 'row')} to [bold]{escape(str(result.out_path))}[/]; summary {result.summary_path.name}, "
