@@ -13,6 +13,7 @@ import torch
 
 from fer_batch.model import Checkpoint
 from fer_batch.preprocess import normalize_crops
+from fer_batch.runtime import bucket_size
 
 TrackKey = tuple[int, int]  # (source number in the run, track id)
 
@@ -40,7 +41,10 @@ class SequenceClassifier:
         if count == 0:
             return np.empty((0, len(self.class_names)), dtype=np.float32)
         inputs = normalize_crops(crops, self.preprocessing).to(self.device)
-        features = self.model.encode(inputs, flip_average=self.preprocessing.tta_flip)
+        padded = bucket_size(count)  # a few batch shapes only: see fer_batch.runtime.bucket_size
+        if padded != count:
+            inputs = torch.cat([inputs, inputs.new_zeros((padded - count, *inputs.shape[1:]))])
+        features = self.model.encode(inputs, flip_average=self.preprocessing.tta_flip)[:count]
         probabilities = torch.empty(count, len(self.class_names), device=self.device)
         zeros = torch.zeros(self.model.hidden_size, device=self.device)
         new_frame = np.ones(count, bool)

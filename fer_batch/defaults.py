@@ -11,6 +11,8 @@ DEVICE = "auto"
 THRESHOLD = 0.90  # final-stage (ONet) face probability
 MIN_FACE_SIZE = 20  # pixels of the original frame
 DETECT_SCALE = 1.0  # frames are resized by this before detection
+MAX_DETECT_SIDE = 4096  # larger frames are shrunk to this longest side for detection (bounded memory)
+MAX_IMAGE_PIXELS = 200_000_000  # images declaring more are refused before decoding (decompression bombs)
 DETECT_EVERY = 1  # run the detector on every k-th annotated frame, track in between
 DETECT_BATCH = 4  # frames of one video per detector call
 # Between keyframes a tracked face stays while O-Net's score on its refined box is at least this
@@ -34,6 +36,12 @@ DEFAULT_WEIGHTS_NAME = "fer-cnn-gru.pt"
 # Media
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+# Photo and video formats people have but the decoders here do not read: found in a folder,
+# they are listed as skipped with the reason instead of passing unseen.
+UNSUPPORTED_MEDIA_SUFFIXES = (
+    ".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".raw", ".psd",
+    ".3gp", ".wmv", ".flv", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".vob",
+)
 OUTPUT_SUFFIXES = (".parquet", ".csv")
 
 

@@ -19,6 +19,30 @@ import torch
 from fer_batch import defaults
 from fer_batch.faces import Faces
 from fer_batch.media import Frame
+from fer_batch.runtime import bucket_size
+
+
+class BucketedBatches(torch.nn.Module):
+    """Runs a network on batches padded to a few fixed sizes (powers of two).
+
+    oneDNN caches compiled kernels per input shape (up to 1,024 of them), and R-Net and
+    O-Net see a different number of candidate faces in every frame: unpadded, each new
+    count adds cache entries, and a long video grows the process. With powers of two
+    there are at most ten shapes per network, for at most twice the work of these two
+    small networks (P-Net, the costly one, is untouched). The classifier pads the same way.
+    """
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        count = inputs.shape[0]
+        size = bucket_size(count)
+        if size != count:
+            padding = inputs.new_zeros((size - count, *inputs.shape[1:]))
+            inputs = torch.cat([inputs, padding])
+        return tuple(output[:count] for output in self.network(inputs))
 
 
 def load_mtcnn_networks(device: torch.device) -> "object":
@@ -42,6 +66,8 @@ class FaceDetector:
         self.device = torch.device(device)
         self._detect_face = detect_face
         self._mtcnn = load_mtcnn_networks(self.device)
+        self._rnet = BucketedBatches(self._mtcnn.rnet).eval()
+        self._onet = BucketedBatches(self._mtcnn.onet).eval()
 
     def detect(
         self,
@@ -58,6 +84,11 @@ class FaceDetector:
         faces = Faces.empty(source, media_type)
         if not frames:
             return faces
+        height, width = frames[0].rgb.shape[:2]
+        # Very large frames (a 12000x8000 photo) are detected at a bounded working size.
+        detect_scale = min(detect_scale, defaults.MAX_DETECT_SIDE / max(height, width))
+        if min(height, width) * detect_scale < 12:  # smaller than MTCNN's smallest window: no face fits
+            return faces
         if detect_scale != 1.0:
             interpolation = cv2.INTER_AREA if detect_scale < 1 else cv2.INTER_LINEAR
             inputs = [
@@ -71,10 +102,7 @@ class FaceDetector:
         thresholds = list(mtcnn.thresholds[:2]) + [threshold]
         # MTCNN's pyramid starts at 12 px; below that it would upsample, which only costs time.
         pyramid_min_size = max(12.0, min_face_size * detect_scale)
-        with torch.no_grad():
-            batch_boxes, batch_points = self._detect_face(
-                batch, pyramid_min_size, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, thresholds, mtcnn.factor, self.device
-            )
+        batch_boxes, batch_points = self._run_mtcnn(batch, pyramid_min_size, thresholds)
         parts = []
         for frame, boxes, points in zip(frames, batch_boxes, batch_points):
             boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
@@ -92,6 +120,36 @@ class FaceDetector:
                 )
             )
         return Faces.concat(parts)
+
+    def _run_mtcnn(self, batch: np.ndarray, min_size: float, thresholds: list[float]) -> tuple[list, list]:
+        """facenet-pytorch's detect_face on a batch of frames. It fails with `torch.cat(): expected
+        a non-empty list` when its proposals all fall outside a frame (seen on tiny images); then
+        each frame is tried alone, and a frame that fails again has no faces."""
+        mtcnn = self._mtcnn
+
+        def detect(frames: np.ndarray) -> tuple[list, list]:
+            with torch.no_grad():
+                return self._detect_face(
+                    frames, min_size, mtcnn.pnet, self._rnet, self._onet, thresholds, mtcnn.factor, self.device
+                )
+
+        try:
+            return detect(batch)
+        except (RuntimeError, ValueError) as error:  # torch raises either, by version
+            if "non-empty list of Tensors" not in str(error):
+                raise
+        boxes, points = [], []
+        for frame in batch:
+            try:
+                frame_boxes, frame_points = detect(frame[None])
+                boxes.append(frame_boxes[0])
+                points.append(frame_points[0])
+            except (RuntimeError, ValueError) as error:
+                if "non-empty list of Tensors" not in str(error):
+                    raise
+                boxes.append(np.zeros((0, 5)))
+                points.append(np.zeros((0, 5, 2)))
+        return boxes, points
 
     def refine(self, frame: Frame, boxes: np.ndarray, source: str = "", media_type: str = "video") -> Faces:
         """O-Net on (N, 4) boxes of one frame, in original pixels: the same N faces with refined
@@ -119,7 +177,7 @@ class FaceDetector:
             crops[row] = cv2.resize(region, (48, 48), interpolation=cv2.INTER_AREA)
         inputs = torch.from_numpy(crops).permute(0, 3, 1, 2).float().to(self.device)
         with torch.no_grad():
-            regression, points, probabilities = self._mtcnn.onet((inputs - 127.5) * 0.0078125)
+            regression, points, probabilities = self._onet((inputs - 127.5) * 0.0078125)
         regression, points = regression.cpu().double(), points.cpu().double()
         scores = np.where(valid, probabilities[:, 1].cpu().numpy(), 0.0)
         box_width = (squares[:, 2] - squares[:, 0] + 1)[:, None]

@@ -13,6 +13,7 @@ import os
 import queue
 import stat
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
@@ -110,7 +111,7 @@ def discover_sources(
         raise InputPathError(f"input path does not exist: {', '.join(missing)}")
     sources: list[MediaSource] = []
     unsupported: list[tuple[str, str]] = []
-    seen: set[Path] = set()
+    seen: dict[Path, str] = {}  # resolved path -> the name it was first found under
     for argument in paths:
         root = Path(argument)
         if root.is_dir():
@@ -124,27 +125,37 @@ def discover_sources(
             for path in candidates:
                 relative = path.relative_to(root).as_posix()
                 kind = media_type_of(path)
-                if kind is None or (glob and not _matches(relative, glob)) or _matches(relative, exclude):
+                if (glob and not _matches(relative, glob)) or _matches(relative, exclude):
+                    continue
+                if kind is None:
+                    if path.suffix.lower() in defaults.UNSUPPORTED_MEDIA_SUFFIXES:
+                        unsupported.append((relative, f"unsupported format '{path.suffix}'; skipped (convert it to JPEG or MP4)"))
                     continue
                 reason = not_a_regular_file(path)
                 if reason:
                     unsupported.append((relative, reason))
                     continue
-                if path.resolve() not in seen:
-                    seen.add(path.resolve())
-                    sources.append(MediaSource(path, relative, kind))
+                resolved = path.resolve()
+                if resolved in seen:  # a link to, or a second path of, a file already listed
+                    unsupported.append((relative, f"the same file as {seen[resolved]}; skipped"))
+                    continue
+                seen[resolved] = relative
+                sources.append(MediaSource(path, relative, kind))
         else:
             kind = media_type_of(root)
             if kind is None:
                 unsupported.append((root.name, f"unsupported file type '{root.suffix or '(none)'}'"))
                 continue
-            if _matches(root.name, exclude) or root.resolve() in seen:
+            if _matches(root.name, exclude):
+                continue
+            if root.resolve() in seen:
+                unsupported.append((root.name, f"the same file as {seen[root.resolve()]}; skipped"))
                 continue
             reason = not_a_regular_file(root)
             if reason:
                 unsupported.append((root.name, reason))
                 continue
-            seen.add(root.resolve())
+            seen[root.resolve()] = root.name
             sources.append(MediaSource(root, root.name, kind))
     return _unique_names(sources), unsupported
 
@@ -205,11 +216,23 @@ def read_image(path: Path) -> np.ndarray:
     """Decode an image file (first frame of a GIF/TIFF) into upright RGB uint8."""
     check_readable(path)
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Pillow warns above 89 M pixels and refuses above 179 M; the limit here is our own.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            width, height = image.size
+            if width * height > defaults.MAX_IMAGE_PIXELS:
+                raise MediaError(
+                    "decode", f"image declares {width}x{height} pixels, over the limit of "
+                    f"{defaults.MAX_IMAGE_PIXELS / 1e6:.0f} M pixels; refused without decoding (a decompression bomb?)"
+                )
             image.seek(0)
             image.load()
             upright = ImageOps.exif_transpose(image) or image
             return to_rgb8(upright)
+    except Image.DecompressionBombError as error:
+        raise MediaError("decode", f"image refused as a decompression bomb: {error}") from error
     except UnidentifiedImageError as error:
         raise MediaError("decode", "not a readable image (unrecognised or corrupt data)") from error
     except (OSError, SyntaxError, ValueError) as error:

@@ -24,6 +24,8 @@ def plural(count: int, noun: str, plural_form: str | None = None) -> str:
 def totals_line(summary: RunSummary) -> str:
     totals = summary.totals
     return (
+        f"{plural(totals['files_found'], 'file')} found = {totals['files_annotated']} annotated + "
+        f"{totals['files_failed']} failed + {totals['files_skipped']} skipped; "
         f"{plural(totals['sources'], 'source')} ({totals['sources_ok']} ok), "
         f"{plural(totals['frames_annotated'], 'frame')} annotated of {totals['frames_read']} read, "
         f"{plural(totals['faces'], 'face')} in {plural(totals['tracks'], 'track')}, "

@@ -37,3 +37,15 @@ def configure_threads(threads: int | None) -> int:
     torch.set_num_threads(count)
     cv2.setNumThreads(count)
     return count
+
+
+def bucket_size(count: int, smallest: int = 8) -> int:
+    """The batch size a network runs at for `count` inputs: the next power of two (at least `smallest`).
+
+    oneDNN compiles and caches kernels per input shape; padding batches to a few sizes keeps
+    that cache, and so the process's memory, from growing with every new batch size.
+    """
+    size = smallest
+    while size < count:
+        size *= 2
+    return size

@@ -70,7 +70,14 @@ class RunSummary:
     @property
     def totals(self) -> dict[str, float]:
         frames = int(self.sources["frames_annotated"].sum()) if len(self.sources) else 0
+        failed = int((self.sources["status"] == "error").sum()) if len(self.sources) else 0
+        skipped = int((self.errors["stage"] == "input").sum()) if len(self.errors) else 0
         return {
+            # Every file named like media is one of: annotated (ok or partial), failed, or skipped unread.
+            "files_found": len(self.sources) + skipped,
+            "files_annotated": len(self.sources) - failed,
+            "files_failed": failed,
+            "files_skipped": skipped,
             "sources": len(self.sources),
             "sources_ok": int((self.sources["status"] == "ok").sum()) if len(self.sources) else 0,
             "frames_read": int(self.sources["frames_read"].sum()) if len(self.sources) else 0,

@@ -167,6 +167,7 @@ def test_piped_summary_keeps_names_whole_and_json_goes_to_stdout(tmp_path, media
     assert document["outputs"]["faces"] == str(out) and pd.read_parquet(out).shape[0] == 6
     lines = finished.stderr.splitlines()
     assert sum(line.startswith(name + "\t") for line in lines) == 1 + 6  # the source row and its six tracks
-    assert any(line.startswith("1 source (1 ok), 1 frame annotated of 1 read, 6 faces in 6 tracks, 0 errors")
+    assert any(line.startswith("1 file found = 1 annotated + 0 failed + 0 skipped; 1 source (1 ok), "
+                               "1 frame annotated of 1 read, 6 faces in 6 tracks, 0 errors")
                for line in lines)
     assert any(line.startswith("wrote 6 rows to ") and line.endswith("errors r.errors.parquet") for line in lines)

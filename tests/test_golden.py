@@ -31,7 +31,9 @@ def _assert_same_table(actual: pd.DataFrame, expected: pd.DataFrame, key: list[s
     assert len(actual) == len(expected)
     for column in expected.columns:
         if expected[column].dtype.kind == "f":
-            assert np.allclose(actual[column], expected[column], atol=1e-5, rtol=0), column
+            # rtol: a box coordinate of a few hundred pixels may move by one float32 step (3e-5) when
+            # a network runs at another batch size; that is rounding, not a change of behaviour.
+            assert np.allclose(actual[column], expected[column], atol=1e-5, rtol=1e-6), column
         else:
             assert actual[column].tolist() == expected[column].tolist(), column
 

@@ -2,8 +2,8 @@
 
 Exit codes: 0 when the run completed (even with per-file errors, which go to the
 errors table), 1 when nothing could be processed, 2 for usage errors (a missing
-input path, an unsupported --out extension, a bad option value), 130 when the run was
-stopped by SIGINT or SIGTERM.
+input path, an unsupported --out extension, a bad option value), 3 when the output
+could not be written (disk full), 130 when the run was stopped by SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ app = typer.Typer(
 
 EXIT_NOTHING_PROCESSED = 1
 EXIT_USAGE = 2
+EXIT_OUTPUT_FAILED = 3  # the output could not be written (disk full, file size limit)
 EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C (SIGINT); SIGTERM gives the same
 
 
@@ -112,6 +113,14 @@ def annotate(
         raise typer.Exit(EXIT_INTERRUPTED)
     except DatasetError as error:
         raise _fail(str(error))
+    except OSError as error:  # the disk is full, a file size limit, the output folder vanished
+        detail = error.strerror or str(error)
+        raise _fail(
+            f"could not write the output {out}: {detail}; nothing was left under the final name "
+            "(complete dataset parts are kept)" if output_format == "dataset" else
+            f"could not write the output {out}: {detail}; nothing was left under the final name",
+            EXIT_OUTPUT_FAILED,
+        )
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     if output_format == "dataset" and result.skipped_sources:

@@ -1,0 +1,46 @@
+"""R-Net and O-Net run on batches padded to powers of two, so a long video compiles a bounded
+number of kernel shapes (the native memory growth of issue 12) and the answers do not change."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fer_batch.detection import FaceDetector
+from fer_batch.runtime import bucket_size
+
+
+@given(st.integers(min_value=1, max_value=5000))
+def test_bucket_sizes_are_few_powers_of_two_that_fit(count):
+    size = bucket_size(count)
+    assert size >= count and size >= 8 and size & (size - 1) == 0
+    assert size < 2 * max(count, 8)
+
+
+@settings(max_examples=25, deadline=None)
+@given(counts=st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=6), seed=st.integers(0, 2**16))
+def test_padded_networks_answer_like_the_bare_ones_at_few_shapes(detector: FaceDetector, counts, seed):
+    generator = torch.Generator().manual_seed(seed)
+    for bare, padded, side in ((detector._mtcnn.rnet, detector._rnet, 24), (detector._mtcnn.onet, detector._onet, 48)):
+        shapes: set[int] = set()
+        hook = bare.register_forward_pre_hook(lambda module, inputs: shapes.add(inputs[0].shape[0]))
+        try:
+            for count in counts:
+                crops = torch.rand((count, 3, side, side), generator=generator) * 2 - 1
+                with torch.no_grad():
+                    expected = [output.clone() for output in bare(crops)]
+                    shapes.discard(count)  # the bare call above
+                    answers = padded(crops)
+                assert [tuple(a.shape) for a in answers] == [tuple(e.shape) for e in expected]
+                for answer, reference in zip(answers, expected):
+                    assert torch.allclose(answer, reference, atol=1e-5)
+        finally:
+            hook.remove()
+        assert shapes <= {bucket_size(count) for count in counts}
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector("cpu")

@@ -1,0 +1,124 @@
+"""One run over a generated corpus of hostile inputs: it finishes, prints no traceback, and
+accounts for every file with rows, an error in a user's words, or a reason it was skipped."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fer_batch.results import read_run
+from tests.fuzz_corpus import build_corpus
+
+# Internal exception texts that must never reach a user's errors table.
+INTERNAL_MARKERS = ("Traceback", "torch.", "Tensor", "NoneType", "object has no attribute", "index out of",
+                    "cv2.error", "Assertion", "!_src.empty()", "KeyError", "expected a non-empty list")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, media_dir):
+    folder = tmp_path_factory.mktemp("fuzz") / "corpus"
+    expected = build_corpus(folder, media_dir)
+    assert len(expected) >= 150
+    return folder, expected
+
+
+@pytest.fixture(scope="module")
+def runs(corpus, tmp_path_factory):
+    """The corpus annotated once to Parquet and once to CSV, each in its own process."""
+    folder, _ = corpus
+    out = tmp_path_factory.mktemp("fuzz-out")
+    finished = {}
+    for name in ("r.parquet", "r.csv"):
+        finished[name] = subprocess.run(
+            [sys.executable, "-m", "fer_batch.cli", "annotate", str(folder), "--out", str(out / name), "--device", "cpu"],
+            capture_output=True, text=True, timeout=900,  # a hang fails here instead of stalling CI
+        )
+    return out, finished
+
+
+def test_the_run_finishes_cleanly_and_accounts_for_every_file(corpus, runs):
+    _, expected = corpus
+    out, finished = runs
+    for name, result in finished.items():
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        tables = read_run(out / name)
+        processed = set(tables.sources.source)
+        skipped = set(tables.errors.source[tables.errors.stage == "input"])
+        assert not processed & skipped
+        missing = expected - processed - skipped
+        assert not missing, f"files neither processed nor skipped: {sorted(missing)}"
+        assert "looks-like.mp4/inside.jpg" in processed  # a folder named like a video is walked
+        totals = tables.sources.status.value_counts()
+        found, failed = len(processed) + len(skipped), int(totals.get("error", 0))
+        line = f"{found} files found = {found - len(skipped) - failed} annotated + {failed} failed + {len(skipped)} skipped"
+        assert line in result.stderr
+
+
+def test_errors_name_the_cause_in_a_users_words(runs):
+    out, _ = runs
+    errors = read_run(out / "r.parquet").errors
+    assert len(errors) > 50
+    leaked = errors[errors.message.apply(lambda message: any(marker in message for marker in INTERNAL_MARKERS))]
+    assert leaked.empty, leaked.to_dict("records")
+    by_source = dict(zip(errors.source, errors.message))
+    assert "decompression bomb" in by_source["sizes/bomb.png"]
+    assert "FIFO" in by_source["links/pipe.mp4"]
+    assert "empty file" in by_source["empty/zero.jpg"]
+    assert "unsupported format '.HEIC'" in by_source["phone/IMG_0001.HEIC"]
+    assert by_source["sizes/tiny-1x1.png"] == "no face detected in image"
+
+
+def test_awkward_names_and_rows_survive_csv(runs):
+    out, _ = runs
+    parquet, csv = read_run(out / "r.parquet"), read_run(out / "r.csv")
+    key = ["source", "frame_index", "track_id"]
+    left = parquet.faces.sort_values(key).reset_index(drop=True)
+    right = csv.faces.sort_values(key).reset_index(drop=True)
+    assert left.source.tolist() == right.source.tolist()
+    assert {"names/tab\there.jpg", "names/new\nline.jpg", 'names/quote"double.jpg', "names/comma,name.jpg"} <= set(left.source)
+    assert np.allclose(left.prob_happy, right.prob_happy, atol=1e-6)
+    assert sorted(parquet.errors.source) == sorted(csv.errors.source)
+    large = parquet.sources.set_index("source").loc["sizes/large-12000x8000.jpg"]
+    assert large.status == "ok" and large.faces >= 1  # detected at a bounded working size
+
+
+def test_a_full_disk_is_a_clear_error_that_leaves_no_file(tmp_path, media_dir):
+    """Writes beyond a file size limit fail like a full disk: exit 3, the cause named, no traceback,
+    and nothing under the final name or as a stray temporary file."""
+    import resource
+    import shutil
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    shutil.copy(media_dir / "group-six-faces.jpg", folder / "group.jpg")
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+
+    finished = subprocess.run(
+        [sys.executable, "-m", "fer_batch.cli", "annotate", str(folder), "--out", str(out / "r.parquet"), "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, preexec_fn=small_files,
+    )
+    assert finished.returncode == 3, finished.stderr[-2000:]
+    assert "Traceback" not in finished.stderr
+    assert "could not write the output" in finished.stderr and "File too large" in finished.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_a_file_deleted_after_discovery_is_an_error_row(tmp_path, media_dir, annotator):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(media_dir / "group-six-faces.jpg", folder / name)
+    run = annotator.run([folder])  # discovers both files; reading starts when iterated
+    (folder / "b.jpg").unlink()
+    faces = sum(len(batch) for batch in run)
+    summary = run.summary()
+    assert faces == 6
+    assert summary.errors.source.tolist() == ["b.jpg"] and "No such file" in summary.errors.message.iloc[0]
+    assert summary.totals["files_found"] == 2 and summary.totals["files_failed"] == 1
