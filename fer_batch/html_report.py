@@ -1,16 +1,19 @@
 """A single self-contained HTML report of an annotation run (images inlined, no network).
 
-Sections: the run (inputs, options, weights, version, totals, time), per source
-(frames, faces, tracks, emotion shares as a bar), per video one emotion timeline per
-track with a face thumbnail, per image the faces with their labels, and the errors.
-Large runs stay light: timelines and thumbnails are capped (the cap is stated on the
-page) and share bars are plain CSS, so a 1,000-file report loads in seconds.
+Sections: the run (inputs, totals, weights, options as a table), per source (frames,
+faces, tracks, emotion shares as a bar), per video its tracks on one shared time axis
+(one row per track with a face thumbnail; each face a mark coloured by its emotion, so a
+one-frame track is a short mark, not a band) beside the annotated video when `--render`
+made one: clicking a row seeks the video, and a cursor follows its playback. Then per
+image the faces with their labels, and the errors. Large runs stay light: rows and
+thumbnails are capped (the cap is stated on the page) and timelines are inline SVG.
 """
 
 from __future__ import annotations
 
 import base64
 import html
+import os
 from pathlib import Path
 
 import cv2
@@ -18,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from fer_batch.labels import emotion_color
+from fer_batch.report import plural
 from fer_batch.results import RunTables
 
 MAX_TIMELINES = 150
@@ -78,32 +82,57 @@ def _thumbnails(rows: pd.DataFrame, source_paths: dict[str, str]) -> dict[int, s
     return thumbnails
 
 
-def _timeline_png(track: pd.DataFrame, class_names: tuple[str, ...]) -> str:
-    import matplotlib
+def _nice_step(duration: float) -> float:
+    for step in (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600):
+        if duration / step <= 10:
+            return step
+    return 7200.0
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    track = track.sort_values("timestamp_s")
-    figure, axis = plt.subplots(figsize=(5.2, 1.5), dpi=80)
-    times = track.timestamp_s.to_numpy()
-    values = [track[f"prob_{name}"].to_numpy() for name in class_names]
-    if len(times) == 1:
-        times = np.array([times[0], times[0] + 0.04])
-        values = [np.repeat(value, 2) for value in values]
-    axis.stackplot(times, values, colors=[emotion_color(name) for name in class_names], linewidth=0)
-    axis.set_xlim(times[0], times[-1])
-    axis.set_ylim(0, 1)
-    axis.set_yticks([0, 0.5, 1])
-    axis.tick_params(labelsize=7)
-    axis.set_xlabel("seconds", fontsize=7)
-    figure.tight_layout(pad=0.3)
-    from io import BytesIO
+def _axis(duration: float) -> str:
+    """Ticks and labels (seconds) of a video's shared time axis, as HTML so text keeps its shape."""
+    step = _nice_step(duration)
+    ticks = []
+    for tick in np.arange(0, duration + 1e-9, step):
+        label = f"{tick:g}" if step < 60 else f"{int(tick // 60)}:{int(tick % 60):02d}"
+        ticks.append(f"<span style='left:{tick / duration * 100:.2f}%'>{label}</span>")
+    return f"<div class='ticks'>{''.join(ticks)}</div>"
 
-    buffer = BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return _data_uri(buffer.getvalue(), "png")
+
+def _track_svg(rows: pd.DataFrame, duration: float, frame_interval: float) -> str:
+    """One mark per face of the track at its time, coloured by its emotion, shaded by confidence."""
+    width = max(frame_interval / duration * 1000, 2.5)  # a one-frame track stays visible
+    marks = [
+        f"<rect x='{t / duration * 1000:.2f}' y='2' width='{width:.2f}' height='14' fill='{emotion_color(emotion)}' "
+        f"fill-opacity='{0.35 + 0.65 * confidence:.2f}'><title>{t:.2f} s {emotion} {confidence:.0%}</title></rect>"
+        for t, emotion, confidence in zip(rows.timestamp_s, rows.emotion, rows.confidence)
+    ]
+    return f"<svg class='lane' viewBox='0 0 1000 18' preserveAspectRatio='none'>{''.join(marks)}</svg>"
+
+
+SCRIPT = """
+document.querySelectorAll('.video-block').forEach(function (block) {
+  var video = block.querySelector('video');
+  var duration = parseFloat(block.dataset.duration);
+  block.querySelectorAll('.lanes svg').forEach(function (lane) {
+    lane.addEventListener('click', function (event) {
+      var box = lane.getBoundingClientRect();
+      var seconds = (event.clientX - box.left) / box.width * duration;
+      block.style.setProperty('--t', seconds / duration);
+      if (video) { video.currentTime = seconds; }
+    });
+  });
+  if (video) {
+    video.addEventListener('timeupdate', function () {
+      block.style.setProperty('--t', Math.min(1, video.currentTime / duration));
+    });
+    video.addEventListener('loadedmetadata', function () { block.dataset.videoSeconds = video.duration.toFixed(2); });
+  }
+});
+document.body.dataset.trackRows = Array.from(document.querySelectorAll('.track')).filter(function (row) {
+  return row.offsetHeight > 0;
+}).length;
+"""
 
 
 # -- HTML --------------------------------------------------------------------------------
@@ -134,7 +163,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;
 h1{margin-bottom:4px} h2{margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
 table{border-collapse:collapse;font-size:13px;width:100%} td,th{padding:4px 8px;border-bottom:1px solid #eee;text-align:left}
 th{background:#f6f6f6} td.num{text-align:right}
-.bar{display:flex;height:12px;width:220px;border-radius:3px;overflow:hidden;background:#eee}
+.bar{display:flex;height:12px;width:min(220px,18vw);border-radius:3px;overflow:hidden;background:#eee}
 .bar span{display:block;height:100%}
 .key{margin-right:12px;font-size:13px} .key i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
 .track{display:flex;align-items:center;gap:12px;margin:6px 0;padding:4px;border-bottom:1px solid #f0f0f0}
@@ -143,11 +172,26 @@ th{background:#f6f6f6} td.num{text-align:right}
 .face{text-align:center;font-size:12px} .face img{height:72px;border-radius:4px;display:block;margin:auto}
 .note{color:#777;font-size:13px} .error{color:#b00}
 dl.run{display:grid;grid-template-columns:max-content auto;gap:2px 16px;font-size:13px} dl.run dt{font-weight:600}
+table.options{width:auto} table.options td{font-family:ui-monospace,monospace;font-size:12px}
+.video-block{--label:250px;--t:0;margin:12px 0 24px}
+.video-block video{max-width:100%;max-height:420px;display:block;margin-bottom:8px;background:#000}
+.lanes{position:relative}
+.lanes .track{display:grid;grid-template-columns:var(--label) 1fr;align-items:center;gap:0;margin:0;padding:2px 0;border-bottom:1px solid #f3f3f3}
+.lanes .track img.thumb{height:40px;min-width:32px;margin-right:8px;vertical-align:middle}
+.lanes .who{font-size:12px;display:flex;align-items:center;overflow:hidden;white-space:nowrap}
+.lanes svg{width:100%;height:18px;display:block;cursor:pointer;background:#fafafa}
+.lanes .ticks{position:relative;height:20px;border-top:1px solid #888}
+.lanes .ticks span{position:absolute;top:2px;transform:translateX(-50%);font-size:11px;color:#555}
+.lanes .ticks span:first-child{transform:none}
+.lanes .axis-row{display:grid;grid-template-columns:var(--label) 1fr;font-size:12px;color:#555}
+.lanes .cursor{position:absolute;top:0;bottom:0;width:2px;background:#d22;pointer-events:none;
+  left:calc(var(--label) + var(--t) * (100% - var(--label)))}
 """
 
 
-def build_report(tables: RunTables, out_html: Path | str) -> Path:
-    """Write the report of a run read back with `fer_batch.read_run`."""
+def build_report(tables: RunTables, out_html: Path | str, videos: dict[str, Path] | None = None) -> Path:
+    """Write the report of a run read back with `fer_batch.read_run`; `videos` maps a video source
+    to its annotated render, which the page shows beside the timelines (linked, not embedded)."""
     out_html = Path(out_html)
     names = tables.class_names
     faces, sources, tracks, errors = tables.faces, tables.sources, tables.tracks, tables.errors
@@ -174,10 +218,11 @@ def build_report(tables: RunTables, out_html: Path | str) -> Path:
         ("faces", f"{len(faces)} in {len(tracks)} tracks"),
         ("errors", str(len(errors))),
         ("time taken", f"{elapsed:.1f} s" + (f" ({frames_annotated / elapsed:.2f} frames/s)" if elapsed and elapsed > 0 else "") if not np.isnan(elapsed) else "–"),
-        ("options", ", ".join(f"{key}={value}" for key, value in options.items())),
     ]
     parts += [f"<dt>{_escape(key)}</dt><dd>{_escape(value)}</dd>" for key, value in run_items]
-    parts.append("</dl>")
+    parts.append("</dl><h3>Options</h3><table class='options'><tr><th>option</th><th>value</th></tr>")
+    parts += [f"<tr><td>{_escape(key)}</td><td>{_escape(value)}</td></tr>" for key, value in options.items()]
+    parts.append("</table>")
 
     parts.append("<h2 id='sources'>Sources</h2><table><tr><th>source</th><th>type</th><th>status</th><th>frames</th>"
                  "<th>annotated</th><th>faces</th><th>tracks</th><th>dominant</th><th>emotion shares</th></tr>")
@@ -197,28 +242,39 @@ def build_report(tables: RunTables, out_html: Path | str) -> Path:
     shown_tracks = video_tracks.head(MAX_TIMELINES)
     best_rows = _best_rows(faces, shown_tracks)
     thumbnails = _thumbnails(faces.loc[list(best_rows.values())], metadata.source_paths) if best_rows else {}
-    parts.append("<h2 id='videos'>Videos: emotion timelines per track</h2>")
+    parts.append("<h2 id='videos'>Videos: tracks on the video's time axis</h2>")
     if len(video_tracks) > len(shown_tracks):
         parts.append(f"<p class='note'>Showing the {len(shown_tracks)} longest-running tracks of {len(video_tracks)}; "
                      "all tracks are in the tracks table.</p>")
     if not len(video_tracks):
         parts.append("<p class='note'>No faces in videos.</p>")
+    elif not videos:
+        parts.append("<p class='note'>Run with <code>--render DIR</code> to see each annotated video here, "
+                     "linked to its timelines.</p>")
     for source, group in shown_tracks.groupby("source", sort=True):
-        parts.append(f"<details open><summary><b>{_escape(source)}</b> — {len(group)} tracks</summary>")
         source_faces = faces[faces.source == source]
-        for _, track in group.sort_values("track_id").iterrows():
+        times = np.unique(source_faces.timestamp_s.to_numpy())
+        frame_interval = float(np.median(np.diff(times))) if len(times) > 1 else 0.04
+        duration = max(float(times.max()) + frame_interval, 1e-3) if len(times) else 1.0
+        parts.append(f"<h3>{_escape(source)} — {plural(len(group), 'track')}</h3>"
+                     f"<div class='video-block' data-duration='{duration:.4f}'>")
+        video = (videos or {}).get(source)
+        if video is not None:
+            link = os.path.relpath(video, out_html.parent)
+            parts.append(f"<video controls preload='metadata' src='{_escape(link)}'></video>")
+        parts.append("<div class='lanes'><div class='axis-row'><span>seconds</span>" + _axis(duration) + "</div>")
+        for _, track in group.sort_values("first_frame").iterrows():
             rows = source_faces[source_faces.track_id == track.track_id]
             thumbnail = thumbnails.get(best_rows.get((source, int(track.track_id))), "")
             parts.append(
                 f"<div class='track' id='track-{_escape(source)}-{int(track.track_id)}'>"
-                f"<img class='thumb' src='{thumbnail}' alt='track {int(track.track_id)}'>"
-                f"<div><b>track {int(track.track_id)}</b><br>frames {int(track.first_frame)}–{int(track.last_frame)}"
-                f" ({track.first_timestamp_s:.2f}–{track.last_timestamp_s:.2f} s)<br>"
-                f"mostly <b style='color:{emotion_color(track.dominant_emotion)}'>{_escape(track.dominant_emotion)}</b>,"
-                f" {int(track.length)} frames</div>"
-                f"<img src='{_timeline_png(rows, names)}' alt='timeline of track {int(track.track_id)}'></div>"
+                f"<div class='who'><img class='thumb' src='{thumbnail}' alt='track {int(track.track_id)}'>"
+                f"<span><b>#{int(track.track_id)}</b> mostly "
+                f"<b style='color:{emotion_color(track.dominant_emotion)}'>{_escape(track.dominant_emotion)}</b>, "
+                f"{plural(int(track.length), 'frame')}<br>{track.first_timestamp_s:.2f}–{track.last_timestamp_s:.2f} s</span></div>"
+                f"{_track_svg(rows, duration, frame_interval)}</div>"
             )
-        parts.append("</details>")
+        parts.append("<div class='cursor'></div></div></div>")
 
     image_faces = faces[faces.media_type == "image"]
     shown_faces = image_faces.head(MAX_IMAGE_FACES)
@@ -248,7 +304,7 @@ def build_report(tables: RunTables, out_html: Path | str) -> Path:
         parts.append("</table>")
     else:
         parts.append("<p class='note'>No errors.</p>")
-    parts.append("</body></html>")
+    parts.append(f"<script>{SCRIPT}</script></body></html>")
     out_html.parent.mkdir(parents=True, exist_ok=True)
     temporary = out_html.with_name(f".{out_html.name}.partial")
     temporary.write_text("\n".join(parts), encoding="utf-8")

@@ -44,8 +44,12 @@ def draw_faces(bgr: np.ndarray, rows: pd.DataFrame) -> np.ndarray:
     return bgr
 
 
+def _target_path(out_dir: Path, source: str, suffix: str) -> Path:
+    return out_dir / Path(source).with_suffix(suffix)
+
+
 def _target(out_dir: Path, source: str, suffix: str) -> Path:
-    target = out_dir / Path(source).with_suffix(suffix)
+    target = _target_path(out_dir, source, suffix)
     target.parent.mkdir(parents=True, exist_ok=True)
     return target
 
@@ -129,6 +133,12 @@ def render_video(path: Path, rows: pd.DataFrame, target: Path) -> Path:
                 temporary.unlink(missing_ok=True)
     temporary.replace(target)
     return target
+
+
+def rendered_videos(tables: RunTables, out_dir: Path | str) -> dict[str, Path]:
+    """Where `render_run` puts each video source's annotated copy."""
+    videos = tables.sources[tables.sources.media_type == "video"].source
+    return {source: _target_path(Path(out_dir), source, ".mp4") for source in videos}
 
 
 def render_run(tables: RunTables, out_dir: Path | str) -> tuple[list[Path], list[tuple[str, str]]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -111,25 +113,44 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def _headless(browser: str, *arguments: str) -> subprocess.CompletedProcess:
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    try:
+        return subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=5000", *arguments],
+            capture_output=True, text=True, timeout=120,
+        )
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
 def test_report_renders_in_headless_chromium(reported_run, tmp_path):
+    """In a real browser: every video track is a visible row, and the annotated H.264 video beside
+    the timelines loads (the page records its duration once the browser has read it)."""
     browser = _chromium()
     if browser is None:
-        pytest.skip("Chromium is not installed and could not be installed (.ci/run installs Debian's chromium)")
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but Chromium is missing (.ci/run installs Debian's chromium)")
+        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
     _, out = reported_run
-    screenshot = tmp_path / "report.png"
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    completed = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", "--window-size=1200,1600", f"--screenshot={screenshot}",
-         (out / "report.html").resolve().as_uri()],
-        capture_output=True, text=True, timeout=120,
-    )
-    shutil.rmtree(profile, ignore_errors=True)
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    image = cv2.imread(str(screenshot))
-    assert image is not None and image.shape[:2] == (1600, 1200)
-    assert image.std() > 20  # a page with content, not a blank or error screen
+    page = (out / "report.html").resolve().as_uri()
+    tracks = pd.read_parquet(out / "r.tracks.parquet")
+    dom = _headless(browser, "--dump-dom", page)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert f'data-track-rows="{int((tracks.source == "crowd.mp4").sum())}"' in dom.stdout
+    seconds = re.search(r'data-video-seconds="([0-9.]+)"', dom.stdout)
+    assert seconds is not None, "the browser did not load the rendered video"
+    assert float(seconds.group(1)) == pytest.approx(105 / 25, abs=0.05)
+    assert "<video" in dom.stdout and 'src="render/crowd.mp4"' in dom.stdout
+    for width in (1400, 800):
+        screenshot = tmp_path / f"report-{width}.png"
+        shot = _headless(browser, f"--window-size={width},1600", f"--screenshot={screenshot}", page)
+        assert shot.returncode == 0, shot.stderr[-2000:]
+        image = cv2.imread(str(screenshot))
+        assert image is not None and image.shape[:2] == (1600, width)
+        assert image.std() > 20  # a page with content, not a blank or error screen
 
 
 def test_h264_writer_pads_odd_sizes_and_keeps_every_frame(tmp_path):

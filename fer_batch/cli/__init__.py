@@ -143,21 +143,23 @@ def annotate(
 
 def _report_and_render(results: Path, report: Optional[Path], render: Optional[Path], console: Console) -> None:
     from fer_batch.html_report import build_report
-    from fer_batch.render import render_run
+    from fer_batch.render import render_run, rendered_videos
     from fer_batch.report import plural
     from fer_batch.results import read_run
 
     tables = read_run(results)
-    if report is not None:
-        with console.status("writing the HTML report"):
-            build_report(tables, report)
-        console.print(f"report: [bold]{escape(str(report))}[/]")
-    if render is not None:
+    videos: dict[str, Path] = {}
+    if render is not None:  # first, so the report can show each annotated video beside its timelines
         with console.status("rendering annotated copies"):
             written, failed = render_run(tables, render)
         console.print(f"rendered {plural(len(written), 'annotated file')} into [bold]{escape(str(render))}[/]")
         for source, reason in failed:
             Console(stderr=True).print(f"[yellow]could not render {escape(source)}: {escape(reason)}[/]")
+        videos = {source: path for source, path in rendered_videos(tables, render).items() if path in set(written)}
+    if report is not None:
+        with console.status("writing the HTML report"):
+            build_report(tables, report, videos=videos)
+        console.print(f"report: [bold]{escape(str(report))}[/]")
 
 
 @app.command("report")
