@@ -35,7 +35,9 @@ from fer_batch.pipeline import Annotator, AnnotationRun, ProgressListener
 from fer_batch.results import DATASET_RUN_DOCUMENT, METADATA_KEY, RunMetadata, companion_path
 from fer_batch.schema import ERROR_SCHEMA, annotation_schema, source_summary_schema, track_summary_schema
 from fer_batch.statistics import ErrorRecord, RunSummary
-from fer_batch.writers import faces_to_record_batch, is_dataset_path, write_table_atomic, write_text_atomic
+from fer_batch.writers import (
+    OutputPathError, check_writable, faces_to_record_batch, is_dataset_path, write_table_atomic, write_text_atomic,
+)
 
 PART_KEY = "fer_batch_part"  # Parquet footer key of a part's own document
 PART_PATTERN = "part-*.parquet"
@@ -198,9 +200,10 @@ def prepare_directory(directory: Path, resume: bool) -> None:
             f"output directory {directory} is not empty; add --resume to continue the run written there, "
             "or choose another directory"
         )
-    directory.mkdir(parents=True, exist_ok=True)
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise DatasetError(f"output directory {directory} is not writable")
+    try:
+        check_writable(directory)
+    except OutputPathError as error:
+        raise DatasetError(str(error)) from error
 
 
 def collect_summary(parts: list[Path], class_names: tuple[str, ...], input_errors: list[ErrorRecord], elapsed_s: float) -> RunSummary:

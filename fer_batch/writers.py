@@ -9,6 +9,7 @@ leaves a half-written file under the final name.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,19 @@ def check_output_path(path: Path) -> str:
     parent = path.parent if str(path.parent) else Path(".")
     if parent.exists() and not parent.is_dir():
         raise OutputPathError(f"output folder {parent} is not a directory")
+    check_writable(parent)
     return suffix[1:]
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` if needed and write a probe file in it, so a read-only disk, a missing
+    permission or a pseudo-filesystem is an error before any work, not after hours of it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".fer-batch-write-test-"):
+            pass
+    except OSError as error:
+        raise OutputPathError(f"output folder {folder} is not writable: {error.strerror or error}") from error
 
 
 def _temporary(path: Path) -> Path:

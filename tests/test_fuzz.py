@@ -122,3 +122,16 @@ def test_a_file_deleted_after_discovery_is_an_error_row(tmp_path, media_dir, ann
     assert faces == 6
     assert summary.errors.source.tolist() == ["b.jpg"] and "No such file" in summary.errors.message.iloc[0]
     assert summary.totals["files_found"] == 2 and summary.totals["files_failed"] == 1
+
+
+@pytest.mark.parametrize("out", ["/proc/fer-batch-test/r.parquet", "/proc/r.csv", "/proc/fer-batch-test/"])
+def test_an_output_folder_that_cannot_be_written_is_an_error_before_any_work(out, tmp_path):
+    """/proc takes no new files, even from root: the probe write fails at once, with exit code 2."""
+    from typer.testing import CliRunner
+
+    from fer_batch.cli import app
+
+    (tmp_path / "photo.jpg").write_bytes(b"never read")
+    result = CliRunner().invoke(app, ["annotate", str(tmp_path), "--out", out, "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "is not writable" in " ".join(result.output.split())
