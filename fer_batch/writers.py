@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from fer_batch import defaults
 from fer_batch.faces import Faces
-from fer_batch.results import RunMetadata, meta_json_path
+from fer_batch.results import COMPANIONS, RunMetadata, companion_path, meta_json_path
 from fer_batch.schema import annotation_schema, column_groups
 
 
@@ -63,6 +63,28 @@ def check_writable(folder: Path) -> None:
 
 def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial-{os.getpid()}")
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Temporary files of earlier runs writing `path` whose process is gone (killed with -9):
+    removed, so they do not pile up. Those of a live process are left alone."""
+    removed = []
+    for leftover in path.parent.glob(f".{path.name}.partial-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _strings(indices: np.ndarray, values: list[str] | tuple[str, ...]) -> pa.Array:
@@ -109,6 +131,8 @@ class AnnotationWriter:
         self._buffer: list[pa.RecordBatch] = []
         self._buffered_rows = 0
         self._temporary = _temporary(self.out_path)
+        for companion in (self.out_path, *(companion_path(self.out_path, kind) for kind in COMPANIONS)):
+            remove_stale_temporaries(companion)
         self._parquet: pq.ParquetWriter | None = None
         self._csv_started = False
 

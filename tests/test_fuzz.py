@@ -135,3 +135,46 @@ def test_an_output_folder_that_cannot_be_written_is_an_error_before_any_work(out
     result = CliRunner().invoke(app, ["annotate", str(tmp_path), "--out", out, "--device", "cpu"])
     assert result.exit_code == 2
     assert "is not writable" in " ".join(result.output.split())
+
+
+def test_the_next_run_removes_temporaries_of_killed_runs_only(tmp_path, media_dir, annotator):
+    """Output appears under its final name only by a rename at the end, so a run killed with -9
+    leaves nothing there, only hidden `.NAME.partial-PID` files. The next run to the same name
+    removes those whose process is gone and leaves those of a live run alone."""
+    import os
+
+    from fer_batch.api import annotate_to_file
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    out.mkdir()
+    shutil.copy(media_dir / "group-six-faces.jpg", folder / "group.jpg")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # its process id is gone once it has exited
+    dead.wait()
+    stale = [out / f".r.parquet.partial-{dead.pid}", out / f".r.summary.parquet.partial-{dead.pid}"]
+    live = out / f".r.parquet.partial-{os.getppid()}"  # the process that started pytest is running
+    for path in (*stale, live):
+        path.write_bytes(b"half a file")
+    annotate_to_file([folder], out / "r.parquet", annotator=annotator)
+    assert (out / "r.parquet").is_file()
+    assert not any(path.exists() for path in stale)
+    assert live.exists()
+
+
+def test_variable_frame_rate_timestamps_come_from_the_container(tmp_path):
+    """Frames 10, 30 and 70 ms apart keep those times (not index / fps), in increasing order."""
+    import av
+
+    from fer_batch.media import MediaSource, VideoReadReport, iter_video_frames
+    from fer_batch.options import RunOptions
+    from tests.fuzz_corpus import _variable_rate_mp4
+
+    video = tmp_path / "variable-rate.mp4"
+    assert _variable_rate_mp4(video)
+    with av.open(str(video)) as container:
+        expected = [float(frame.pts * frame.time_base) for frame in container.decode(video=0)]
+    source = MediaSource(video, video.name, "video")
+    times = [frame.timestamp_s for frame in iter_video_frames(source, RunOptions(), VideoReadReport())]
+    assert len(times) == len(expected) == 24
+    assert np.allclose(times, expected, atol=1e-3)
+    assert np.all(np.diff(times) > 0) and len(set(np.round(np.diff(times), 3))) == 3
