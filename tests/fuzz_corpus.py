@@ -96,6 +96,31 @@ def _audio_only_mp4(path: Path) -> bool:
     return path.is_file()
 
 
+def rotated_mp4(path: Path, displayed_rgb: list[np.ndarray]) -> Path:
+    """An H.264 MP4 whose frames are stored turned a quarter counter-clockwise, with a track
+    display matrix that turns them back, as phones record portrait video: a player (and
+    OpenCV) shows `displayed_rgb` upright."""
+    import av
+
+    stored = [np.ascontiguousarray(cv2.rotate(rgb, cv2.ROTATE_90_COUNTERCLOCKWISE)) for rgb in displayed_rgb]
+    height, width = stored[0].shape[:2]
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for rgb in stored:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = bytearray(path.read_bytes())
+    box = data.find(b"tkhd")  # the track header's matrix: rotate 90 degrees on display
+    version = data[box + 4]
+    matrix = box + 8 + (8 + 8 + 4 + 4 + 8 if version == 1 else 4 + 4 + 4 + 4 + 4) + 8 + 8
+    struct.pack_into(">9i", data, matrix, 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+    return path
+
+
 def _variable_rate_mp4(path: Path) -> bool:
     """H.264 frames at irregular times (10, 30 and 70 ms apart)."""
     import av
@@ -204,6 +229,9 @@ def build_corpus(folder: Path, media_dir: Path, seed: int = 20261126) -> set[str
         expected.add("video/audio-only.mp4")
     if _variable_rate_mp4(folder / "video" / "variable-rate.mp4"):
         expected.add("video/variable-rate.mp4")
+    upright = np.asarray(_face_image(media_dir, 480))
+    rotated_mp4(folder / "video" / "portrait-rotated.mp4", [upright] * 3)
+    expected.add("video/portrait-rotated.mp4")
 
     # Names with spaces, tabs, newlines, quotes, commas and non-ASCII.
     for name in ("with space.jpg", "tab\there.jpg", "new\nline.jpg", 'quote"double.jpg', "quote'single.jpg",

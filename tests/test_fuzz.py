@@ -178,3 +178,25 @@ def test_variable_frame_rate_timestamps_come_from_the_container(tmp_path):
     assert len(times) == len(expected) == 24
     assert np.allclose(times, expected, atol=1e-3)
     assert np.all(np.diff(times) > 0) and len(set(np.round(np.diff(times), 3))) == 3
+
+
+def test_a_video_with_rotation_metadata_is_annotated_upright(tmp_path, media_dir, annotator):
+    """A phone-style video (frames stored sideways, turned by the container's display matrix):
+    faces are found as in the upright picture, and boxes and frame sizes are in the displayed
+    orientation."""
+    from PIL import Image
+
+    from fer_batch.api import annotate
+    from tests.fuzz_corpus import rotated_mp4
+
+    with Image.open(media_dir / "group-six-faces.jpg") as photo:
+        upright = np.asarray(photo.convert("RGB").resize((480, 252)))
+    video = rotated_mp4(tmp_path / "portrait.mp4", [upright] * 3)
+    Image.fromarray(upright).save(tmp_path / "upright.png")
+    faces = annotate([video], annotator=annotator)
+    still = annotate([tmp_path / "upright.png"], annotator=annotator)
+    assert len(still) == 6
+    assert faces.groupby("frame_index").size().tolist() == [6, 6, 6]
+    assert set(faces.frame_width) == {480} and set(faces.frame_height) == {252}
+    first = faces[faces.frame_index == 0].sort_values("x1")
+    assert np.allclose(first[["x1", "y1", "x2", "y2"]].to_numpy(), still.sort_values("x1")[["x1", "y1", "x2", "y2"]].to_numpy(), atol=3)
