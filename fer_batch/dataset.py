@@ -63,7 +63,11 @@ class SourceIdentity:
 
     @classmethod
     def of(cls, source: MediaSource) -> "SourceIdentity":
-        stat = source.path.stat()
+        """A file that cannot be looked at (deleted mid-run) gets an identity no file has: redone on resume."""
+        try:
+            stat = source.path.stat()
+        except OSError:
+            return cls(source.relative, -1, -1)
         return cls(source.relative, stat.st_size, stat.st_mtime_ns)
 
 

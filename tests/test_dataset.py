@@ -165,3 +165,29 @@ def test_resume_refuses_other_options_and_single_files(media_folder, uninterrupt
     assert other.exit_code == 2 and "other weights or options" in " ".join(other.output.split())
     single = runner.invoke(app, ["annotate", str(media_folder), "--out", str(tmp_path / "r.parquet"), "--resume"])
     assert single.exit_code == 2 and "dataset directory" in " ".join(single.output.split())
+
+
+def test_a_source_deleted_mid_run_does_not_stop_a_dataset_run(tmp_path, media_dir, annotator):
+    """The part records a deleted file with an identity no file has, so --resume redoes its part."""
+    from fer_batch.api import annotate_to_file
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy(media_dir / "group-six-faces.jpg", folder / name)
+
+    class DeleteTheSecond:
+        def source_started(self, source, number, total, expected_frames):
+            pass
+
+        def frames_done(self, count):
+            pass
+
+        def source_finished(self, source):
+            (folder / "b.jpg").unlink(missing_ok=True)
+
+    result = annotate_to_file([folder], tmp_path / "results/", annotator=annotator, progress=DeleteTheSecond())
+    identities = {entry.source: entry for part in sorted(result.directory.glob("part-*.parquet"))
+                  for entry in read_part_document(part)[1].identities()}
+    assert identities["b.jpg"].size == -1 and identities["a.jpg"].size > 0
+    assert set(read_run(result.directory).sources.source) == {"a.jpg", "b.jpg"}
