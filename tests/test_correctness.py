@@ -4,7 +4,6 @@ preprocessing slip (wrong normalisation, channels swapped, misaligned crops) fai
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from fer_batch.classifier import SequenceClassifier
 from fer_batch.labels import EMOTIONS
