@@ -114,11 +114,9 @@ def annotate(
     except DatasetError as error:
         raise _fail(str(error))
     except OSError as error:  # the disk is full, a file size limit, the output folder vanished
-        detail = error.strerror or str(error)
+        kept = " (complete dataset parts are kept)" if output_format == "dataset" else ""
         raise _fail(
-            f"could not write the output {out}: {detail}; nothing was left under the final name "
-            "(complete dataset parts are kept)" if output_format == "dataset" else
-            f"could not write the output {out}: {detail}; nothing was left under the final name",
+            f"could not write the output {out}: {error.strerror or error}; nothing was left under the final name{kept}",
             EXIT_OUTPUT_FAILED,
         )
     finally:
