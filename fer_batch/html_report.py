@@ -1,7 +1,8 @@
 """A single self-contained HTML report of an annotation run (images inlined, no network).
 
 Sections: the run (inputs, totals, weights, options as a table), per source (frames,
-faces, tracks, emotion shares as a bar), per video its tracks on one shared time axis
+faces, tracks, emotion shares as a bar), per video its faces per frame and its tracks on one
+shared time axis
 (one row per track with a face thumbnail; each face a mark coloured by its emotion, so a
 one-frame track is a short mark, not a band) beside the annotated video when `--render`
 made one: clicking a row seeks the video, and a cursor follows its playback. Then per
@@ -110,6 +111,19 @@ def _track_svg(rows: pd.DataFrame, duration: float, frame_interval: float) -> st
     return f"<svg class='lane' viewBox='0 0 1000 18' preserveAspectRatio='none'>{''.join(marks)}</svg>"
 
 
+def _faces_per_frame_svg(source_faces: pd.DataFrame, duration: float, frame_interval: float) -> tuple[str, int]:
+    """Faces per annotated frame over the video's time, on the same axis as the track rows."""
+    counts = source_faces.groupby("timestamp_s").size()
+    peak = max(int(counts.max()), 1) if len(counts) else 1
+    width = max(frame_interval / duration * 1000, 1.0)
+    bars = "".join(
+        f"<rect x='{t / duration * 1000:.2f}' y='{30 - 28 * n / peak:.2f}' width='{width:.2f}' "
+        f"height='{28 * n / peak:.2f}' fill='#8aa'><title>{t:.2f} s: {n} faces</title></rect>"
+        for t, n in counts.items()
+    )
+    return f"<svg class='count' viewBox='0 0 1000 30' preserveAspectRatio='none'>{bars}</svg>", peak
+
+
 SCRIPT = """
 document.querySelectorAll('.video-block').forEach(function (block) {
   var video = block.querySelector('video');
@@ -184,6 +198,7 @@ table.options{width:auto} table.options td{font-family:ui-monospace,monospace;fo
 .lanes .ticks span{position:absolute;top:2px;transform:translateX(-50%);font-size:11px;color:#555}
 .lanes .ticks span:first-child{transform:none}
 .lanes .axis-row{display:grid;grid-template-columns:var(--label) 1fr;font-size:12px;color:#555}
+.lanes svg.count{height:30px;background:none;cursor:default}
 .lanes .cursor{position:absolute;top:0;bottom:0;width:2px;background:#d22;pointer-events:none;
   left:calc(var(--label) + var(--t) * (100% - var(--label)))}
 """
@@ -263,6 +278,8 @@ def build_report(tables: RunTables, out_html: Path | str, videos: dict[str, Path
             link = os.path.relpath(video, out_html.parent)
             parts.append(f"<video controls preload='metadata' src='{_escape(link)}'></video>")
         parts.append("<div class='lanes'><div class='axis-row'><span>seconds</span>" + _axis(duration) + "</div>")
+        counts_svg, peak = _faces_per_frame_svg(source_faces, duration, frame_interval)
+        parts.append(f"<div class='axis-row count-row'><span>faces per frame (up to {peak})</span>{counts_svg}</div>")
         for _, track in group.sort_values("first_frame").iterrows():
             rows = source_faces[source_faces.track_id == track.track_id]
             thumbnail = thumbnails.get(best_rows.get((source, int(track.track_id))), "")

@@ -144,6 +144,9 @@ def test_report_renders_in_headless_chromium(reported_run, tmp_path):
     assert seconds is not None, "the browser did not load the rendered video"
     assert float(seconds.group(1)) == pytest.approx(105 / 25, abs=0.05)
     assert "<video" in dom.stdout and 'src="render/crowd.mp4"' in dom.stdout
+    faces = pd.read_parquet(out / "r.parquet")
+    per_frame = faces[faces.source == "crowd.mp4"].groupby("frame_index").size()
+    assert f"faces per frame (up to {per_frame.max()})" in dom.stdout
     for width in (1400, 800):
         screenshot = tmp_path / f"report-{width}.png"
         shot = _headless(browser, f"--window-size={width},1600", f"--screenshot={screenshot}", page)
