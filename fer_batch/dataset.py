@@ -36,7 +36,8 @@ from fer_batch.results import DATASET_RUN_DOCUMENT, METADATA_KEY, RunMetadata, c
 from fer_batch.schema import ERROR_SCHEMA, annotation_schema, source_summary_schema, track_summary_schema
 from fer_batch.statistics import ErrorRecord, RunSummary
 from fer_batch.writers import (
-    OutputPathError, check_writable, faces_to_record_batch, is_dataset_path, write_table_atomic, write_text_atomic,
+    OutputPathError, check_writable, discard_partial, faces_to_record_batch, is_dataset_path, remove_stale_temporaries,
+    temporary_path, write_table_atomic, write_text_atomic,
 )
 
 PART_KEY = "fer_batch_part"  # Parquet footer key of a part's own document
@@ -112,9 +113,12 @@ class DatasetWriter:
         self._rows_in_part = 0
         self._pending: list[tuple[SourceIdentity, RunSummary]] = []
 
+    def _part_path(self) -> Path:
+        return self.directory / f"part-{self.next_part:05d}.parquet"
+
     def _open(self) -> None:
         if self._writer is None:
-            self._temporary = self.directory / f".part-{self.next_part:05d}.parquet.partial-{os.getpid()}"
+            self._temporary = temporary_path(self._part_path())
             self._writer = pq.ParquetWriter(self._temporary, self.schema, compression="zstd")
 
     def write(self, faces: Faces) -> None:
@@ -144,7 +148,7 @@ class DatasetWriter:
         )
         self._writer.add_key_value_metadata({**self.metadata.parquet_metadata(), PART_KEY: json.dumps(asdict(document))})
         self._writer.close()
-        target = self.directory / f"part-{self.next_part:05d}.parquet"
+        target = self._part_path()
         os.replace(self._temporary, target)
         self._writer, self._temporary, self._rows_in_part, self._pending = None, None, 0, []
         self.next_part += 1
@@ -152,13 +156,7 @@ class DatasetWriter:
 
     def abort(self) -> None:
         """Discard the part in progress: its sources are redone on resume."""
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception:  # noqa: BLE001 - cleaning up after another failure
-                pass
-        if self._temporary is not None:
-            self._temporary.unlink(missing_ok=True)
+        discard_partial(self._writer, self._temporary)
         self._writer, self._temporary, self._pending = None, None, []
 
 
@@ -188,12 +186,6 @@ def _existing_parts(directory: Path, metadata: RunMetadata, current: dict[str, S
         else:  # a source changed or is gone: redo the part's sources that remain
             part.unlink()
     return kept, covered
-
-
-def _remove_leftovers(directory: Path) -> None:
-    """Temporary files of runs that were killed (their sources are redone)."""
-    for leftover in directory.glob(".*.partial-*"):
-        leftover.unlink(missing_ok=True)
 
 
 def prepare_directory(directory: Path, resume: bool) -> None:
@@ -252,7 +244,7 @@ def annotate_to_dataset(
     """Annotate into a dataset folder, one part per source (or group of images); see the module doc."""
     directory = Path(directory)
     prepare_directory(directory, resume)
-    _remove_leftovers(directory)
+    remove_stale_temporaries(directory)  # parts of killed runs: their sources are redone
     sources, unsupported = discover_sources([Path(path) for path in paths], options.glob, options.exclude)
     current = {source.relative: SourceIdentity.of(source) for source in sources}
     metadata = AnnotationRun(annotator, options, [str(path) for path in paths], [], [], None).metadata()

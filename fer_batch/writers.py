@@ -61,15 +61,17 @@ def check_writable(folder: Path) -> None:
         raise OutputPathError(f"output folder {folder} is not writable: {error.strerror or error}") from error
 
 
-def _temporary(path: Path) -> Path:
+def temporary_path(path: Path) -> Path:
+    """Where `path` is written before its rename into place: hidden, and named by this process."""
     return path.with_name(f".{path.name}.partial-{os.getpid()}")
 
 
-def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Temporary files of earlier runs writing `path` whose process is gone (killed with -9):
-    removed, so they do not pile up. Those of a live process are left alone."""
+def remove_stale_temporaries(folder: Path, name: str = "*") -> list[Path]:
+    """Temporary files (`temporary_path`) in `folder` of earlier runs writing `name` (any file by
+    default) whose process is gone, killed with -9: removed, so they do not pile up. Those of a
+    live process are left alone."""
     removed = []
-    for leftover in path.parent.glob(f".{path.name}.partial-*"):
+    for leftover in folder.glob(f".{name}.partial-*"):
         pid = leftover.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _process_alive(int(pid)):
             leftover.unlink(missing_ok=True)
@@ -130,9 +132,9 @@ class AnnotationWriter:
         self.rows_written = 0
         self._buffer: list[pa.RecordBatch] = []
         self._buffered_rows = 0
-        self._temporary = _temporary(self.out_path)
+        self._temporary = temporary_path(self.out_path)
         for companion in (self.out_path, *(companion_path(self.out_path, kind) for kind in COMPANIONS)):
-            remove_stale_temporaries(companion)
+            remove_stale_temporaries(companion.parent, companion.name)
         self._parquet: pq.ParquetWriter | None = None
         self._csv_started = False
 
@@ -171,17 +173,23 @@ class AnnotationWriter:
         return self.out_path
 
     def abort(self) -> None:
-        if self._parquet is not None:
-            try:
-                self._parquet.close()
-            except Exception:  # noqa: BLE001 - cleaning up after another failure
-                pass
-        self._temporary.unlink(missing_ok=True)
+        discard_partial(self._parquet, self._temporary)
+
+
+def discard_partial(writer: pq.ParquetWriter | None, temporary: Path | None) -> None:
+    """After a failure: close a Parquet writer if one is open, and delete its temporary file."""
+    if writer is not None:
+        try:
+            writer.close()
+        except Exception:  # noqa: BLE001 - cleaning up after another failure
+            pass
+    if temporary is not None:
+        temporary.unlink(missing_ok=True)
 
 
 def write_table_atomic(frame: pd.DataFrame, path: Path, schema: pa.Schema, metadata: RunMetadata) -> Path:
     """A companion table (summary, tracks, errors) in the format given by its extension."""
-    temporary = _temporary(path)
+    temporary = temporary_path(path)
     table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
     if path.suffix.lower() == ".parquet":
         pq.write_table(table.replace_schema_metadata(metadata.parquet_metadata()), temporary, compression="zstd")
@@ -192,7 +200,7 @@ def write_table_atomic(frame: pd.DataFrame, path: Path, schema: pa.Schema, metad
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    temporary = _temporary(path)
+    temporary = temporary_path(path)
     temporary.write_text(text)
     os.replace(temporary, path)
     return path
