@@ -11,7 +11,7 @@ SHARED ?= ../shared
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install torch==2.14.1 torchvision==0.29.1
-	$(VENV)/bin/pip install -e '.[dev]'
+	$(VENV)/bin/pip install -e '.[dev,serve]'
 	# facenet-pytorch pins torch<2.3, numpy<2, Pillow<10.3, which this project's versions break on
 	# paper only (its MTCNN is tested here on the torch we ship). Installed last and without its
 	# dependencies, pip has nothing to resolve and prints no resolver error; `pip check` still

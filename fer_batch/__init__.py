@@ -31,6 +31,7 @@ _PUBLIC = {
     "ModelOptions": "fer_batch.options",
     "Faces": "fer_batch.faces",
     "read_run": "fer_batch.results",
+    "write_report": "fer_batch.api",
 }
 
 

@@ -9,6 +9,7 @@ Options are keywords with the CLI's names (`--detect-scale 0.5` is `detect_scale
     result = fer_batch.annotate_to_file(["videos/"], "results.parquet")   # + summary, tracks, errors
     result = fer_batch.annotate_to_file(["videos/"], "results/", resume=True)  # a resumable dataset folder
     run = fer_batch.read_run("results.parquet")                           # all of it back, with metadata
+    fer_batch.write_report("results.parquet", report="report.html", render="annotated/")
 """
 
 from __future__ import annotations
@@ -121,3 +122,32 @@ def annotate_to_file(
         writer.abort()
         raise
     return AnnotationResult(out, *written, writer.rows_written, summary)
+
+
+@dataclass
+class ReportOutputs:
+    report: Path | None
+    rendered: list[Path]  # annotated copies written
+    render_failures: list[tuple[str, str]]  # (source, reason) for sources that could not be rendered
+
+
+def write_report(results: str | Path, report: str | Path | None = None, render: str | Path | None = None) -> ReportOutputs:
+    """The HTML report and/or annotated copies of an annotate output (file or dataset folder).
+
+    Renders come first, so the report can show each annotated video beside its timelines.
+    """
+    from fer_batch.html_report import build_report
+    from fer_batch.render import render_run, rendered_videos
+    from fer_batch.results import read_run
+
+    tables = read_run(results)
+    written: list[Path] = []
+    failed: list[tuple[str, str]] = []
+    videos: dict[str, Path] = {}
+    if render is not None:
+        written, failed = render_run(tables, render)
+        done = set(written)
+        videos = {source: path for source, path in rendered_videos(tables, render).items() if path in done}
+    if report is not None:
+        build_report(tables, report, videos=videos)
+    return ReportOutputs(Path(report) if report is not None else None, written, failed)

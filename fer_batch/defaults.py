@@ -44,6 +44,14 @@ UNSUPPORTED_MEDIA_SUFFIXES = (
 )
 OUTPUT_SUFFIXES = (".parquet", ".csv")
 
+# `fer serve`: local by default; uploads are bounded in size, type and number waiting
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8000
+SERVE_WORK_DIR = Path("fer-serve")
+SERVE_MAX_UPLOAD_MB = 500  # one request's body, all its files together
+SERVE_MAX_WAITING = 20  # jobs queued or running; more are refused (503) until some finish
+SERVE_TABLE_ROWS = 500  # face rows a job's page shows; the downloads have all of them
+
 
 def default_weights_path() -> Path:
     return WEIGHTS_DIR / DEFAULT_WEIGHTS_NAME

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,17 @@ def require_shared(*parts: str) -> Path:
             pytest.fail(f"CI=true but the shared data is missing: {path}")
         pytest.skip(f"needs {path} (the shared data set beside the repository), which is absent here")
     return path
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium; absent, the browser tests skip, except under CI=true where that is a failure."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but Chromium is missing (.ci/run installs Debian's chromium)")
+        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
+    return browser
 
 
 @pytest.fixture(scope="session")

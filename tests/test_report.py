@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -109,10 +108,6 @@ def test_fer_report_rebuilds_the_report_from_an_existing_output(reported_run, tm
     assert missing.exit_code == 2 and "nothing.parquet" in missing.output
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 def _headless(browser: str, *arguments: str) -> subprocess.CompletedProcess:
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:
@@ -126,14 +121,10 @@ def _headless(browser: str, *arguments: str) -> subprocess.CompletedProcess:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_report_renders_in_headless_chromium(reported_run, tmp_path):
+def test_report_renders_in_headless_chromium(reported_run, tmp_path, chromium):
     """In a real browser: every video track is a visible row, and the annotated H.264 video beside
     the timelines loads (the page records its duration once the browser has read it)."""
-    browser = _chromium()
-    if browser is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but Chromium is missing (.ci/run installs Debian's chromium)")
-        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
+    browser = chromium
     _, out = reported_run
     page = (out / "report.html").resolve().as_uri()
     tracks = pd.read_parquet(out / "r.tracks.parquet")

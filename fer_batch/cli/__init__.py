@@ -140,23 +140,18 @@ def annotate(
 
 
 def _report_and_render(results: Path, report: Optional[Path], render: Optional[Path], console: Console) -> None:
-    from fer_batch.html_report import build_report
-    from fer_batch.render import render_run, rendered_videos
+    from fer_batch.api import write_report
     from fer_batch.report import plural
-    from fer_batch.results import read_run
 
-    tables = read_run(results)
-    videos: dict[str, Path] = {}
-    if render is not None:  # first, so the report can show each annotated video beside its timelines
-        with console.status("rendering annotated copies"):
-            written, failed = render_run(tables, render)
-        console.print(f"rendered {plural(len(written), 'annotated file')} into [bold]{escape(str(render))}[/]")
-        for source, reason in failed:
-            Console(stderr=True).print(f"[yellow]could not render {escape(source)}: {escape(reason)}[/]")
-        videos = {source: path for source, path in rendered_videos(tables, render).items() if path in set(written)}
+    with console.status("writing " + " and ".join(
+        name for name, wanted in (("annotated copies", render), ("the HTML report", report)) if wanted is not None
+    )):
+        outputs = write_report(results, report=report, render=render)
+    if render is not None:
+        console.print(f"rendered {plural(len(outputs.rendered), 'annotated file')} into [bold]{escape(str(render))}[/]")
+    for source, reason in outputs.render_failures:
+        Console(stderr=True).print(f"[yellow]could not render {escape(source)}: {escape(reason)}[/]")
     if report is not None:
-        with console.status("writing the HTML report"):
-            build_report(tables, report, videos=videos)
         console.print(f"report: [bold]{escape(str(report))}[/]")
 
 
@@ -252,6 +247,31 @@ def evaluate(
     except (DatasetError, FileNotFoundError, ValueError) as error:
         raise _fail(str(error))
     print_evaluation(result, console)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(defaults.SERVE_HOST, "--host", help="Address to listen on (only this machine by default; the server has no log-in)."),
+    port: int = typer.Option(defaults.SERVE_PORT, "--port", min=1, max=65535),
+    work_dir: Path = typer.Option(defaults.SERVE_WORK_DIR, "--work-dir", help="Uploads and results go here, one folder per job."),
+    max_upload_mb: float = typer.Option(defaults.SERVE_MAX_UPLOAD_MB, "--max-upload-mb", min=1, help="Largest upload (all files of one request together)."),
+    device: str = typer.Option(defaults.DEVICE, "--device", help="auto, cpu or cuda."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint to use instead of the shipped weights."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch, OpenCV and the video decoder."),
+) -> None:
+    """A local web page to try the tool: upload photos or videos, watch progress, see and download the results."""
+    console = Console(stderr=True, soft_wrap=True)
+    try:
+        from fer_batch.serve import serve as run_server
+        from fer_batch.pipeline import Annotator
+    except ImportError as error:
+        raise _fail(str(error))
+    if host not in {"127.0.0.1", "localhost", "::1"}:
+        console.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach it can upload files; there is no log-in")
+    console.print(f"fer serve: open [bold]http://{'localhost' if host in {'127.0.0.1', '::1'} else host}:{port}/[/]"
+                  f" (work folder {escape(str(work_dir))}; Ctrl-C stops)")
+    run_server(host, port, work_dir=work_dir, max_upload_mb=max_upload_mb,
+               make_annotator=lambda: Annotator(device=device, weights=weights, threads=threads))
 
 
 def main() -> None:
