@@ -1,6 +1,6 @@
 """A single self-contained HTML report of an annotation run (images inlined, no network).
 
-Sections: the run (inputs, totals, weights, options as a table), per source (frames,
+Sections: an overview (emotion share per source, faces per frame over time per video), the run (inputs, totals, weights, options as a table), per source (frames,
 faces, tracks, emotion shares as a bar), per video its faces per frame and its tracks on one
 shared time axis
 (one row per track with a face thumbnail; each face a mark coloured by its emotion, so a
@@ -172,6 +172,52 @@ def _legend(class_names: tuple[str, ...]) -> str:
     )
 
 
+MAX_OVERVIEW_ROWS = 30
+
+
+def _share_segments(counts: pd.Series, total: int) -> str:
+    """A wide stacked bar of emotion shares, each segment labelled when it is wide enough to read."""
+    segments = []
+    for name, count in counts.items():
+        share = count / total
+        label = f"{share:.0%}" if share >= 0.08 else ""
+        segments.append(f"<span class='seg' style='width:{share * 100:.2f}%;background:{emotion_color(name)}' "
+                        f"title='{_escape(name)} {share:.1%} ({count})'>{label}</span>")
+    return f"<div class='share'>{''.join(segments)}</div>"
+
+
+def _overview(faces: pd.DataFrame, class_names: tuple[str, ...]) -> str:
+    """Emotion share per source (all faces first) and faces per frame over time per video, at a glance."""
+    if not len(faces):
+        return "<h2 id='overview'>Overview</h2><p class='note'>No faces were found in this run.</p>"
+    parts = ["<h2 id='overview'>Overview</h2><h3>Emotion share per source</h3><div class='overview'>"]
+    per_source = faces.groupby("source").emotion.value_counts().unstack(fill_value=0)
+    per_source = per_source.reindex(columns=[name for name in class_names if name in per_source.columns])
+    totals = per_source.sum(axis=1).sort_values(ascending=False)
+    rows = [("all sources", per_source.sum(axis=0))] + [(source, per_source.loc[source]) for source in totals.index[:MAX_OVERVIEW_ROWS]]
+    for label, counts in rows:
+        total = int(counts.sum())
+        parts.append(f"<div class='orow'><span class='olabel' title='{_escape(label)}'>{_escape(label)}</span>"
+                     f"{_share_segments(counts[counts > 0], total)}<span class='ocount'>{plural(total, 'face')}</span></div>")
+    parts.append("</div>")
+    if len(totals) > MAX_OVERVIEW_ROWS:
+        parts.append(f"<p class='note'>The {MAX_OVERVIEW_ROWS} sources with most faces of {len(totals)}.</p>")
+    video_faces = faces[faces.media_type == "video"]
+    if len(video_faces):
+        parts.append("<h3>Faces per frame over time</h3><div class='overview'>")
+        busiest = video_faces.source.value_counts().index[:MAX_OVERVIEW_ROWS]
+        for source in sorted(busiest):
+            source_faces = video_faces[video_faces.source == source]
+            times = np.unique(source_faces.timestamp_s.to_numpy())
+            frame_interval = float(np.median(np.diff(times))) if len(times) > 1 else 0.04
+            duration = max(float(times.max()) + frame_interval, 1e-3)
+            svg, peak = _faces_per_frame_svg(source_faces, duration, frame_interval)
+            parts.append(f"<div class='orow'><span class='olabel' title='{_escape(source)}'>{_escape(source)}</span>{svg}"
+                         f"<span class='ocount'>up to {peak} over {duration:.1f} s</span></div>")
+        parts.append("</div>")
+    return "".join(parts)
+
+
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{margin-bottom:4px} h2{margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
@@ -199,6 +245,13 @@ table.options{width:auto} table.options td{font-family:ui-monospace,monospace;fo
 .lanes .ticks span:first-child{transform:none}
 .lanes .axis-row{display:grid;grid-template-columns:var(--label) 1fr;font-size:12px;color:#555}
 .lanes svg.count{height:30px;background:none;cursor:default}
+.overview{display:grid;gap:4px;margin:8px 0 16px}
+.orow{display:grid;grid-template-columns:minmax(120px,250px) 1fr 150px;align-items:center;gap:10px;font-size:13px}
+.olabel{overflow:hidden;text-overflow:ellipsis;white-space:nowrap} .ocount{color:#555;font-size:12px}
+.share{display:flex;height:20px;border-radius:3px;overflow:hidden;background:#eee}
+.share .seg{display:block;height:100%;color:#fff;font-size:11px;line-height:20px;text-align:center;overflow:hidden;
+  text-shadow:0 0 2px #000}
+.orow svg.count{width:100%;height:30px;background:#fafafa}
 .lanes .cursor{position:absolute;top:0;bottom:0;width:2px;background:#d22;pointer-events:none;
   left:calc(var(--label) + var(--t) * (100% - var(--label)))}
 """
@@ -220,6 +273,7 @@ def build_report(tables: RunTables, out_html: Path | str, videos: dict[str, Path
         f"<style>{STYLE}</style></head><body>",
         "<h1>fer-batch report</h1>",
         f"<p class='note'>{_legend(names)}</p>",
+        _overview(faces, names),
         "<h2 id='run'>Run</h2><dl class='run'>",
     ]
     frames_annotated = int(sources.frames_annotated.sum()) if len(sources) else 0
@@ -261,7 +315,9 @@ def build_report(tables: RunTables, out_html: Path | str, videos: dict[str, Path
     if len(video_tracks) > len(shown_tracks):
         parts.append(f"<p class='note'>Showing the {len(shown_tracks)} longest-running tracks of {len(video_tracks)}; "
                      "all tracks are in the tracks table.</p>")
-    if not len(video_tracks):
+    if not (sources.media_type == "video").any():
+        parts.append("<p class='note'>No videos in this run.</p>")
+    elif not len(video_tracks):
         parts.append("<p class='note'>No faces in videos.</p>")
     elif not videos:
         parts.append("<p class='note'>Run with <code>--render DIR</code> to see each annotated video here, "
@@ -299,7 +355,9 @@ def build_report(tables: RunTables, out_html: Path | str, videos: dict[str, Path
     parts.append("<h2 id='images'>Images: faces and labels</h2>")
     if len(image_faces) > len(shown_faces):
         parts.append(f"<p class='note'>Showing {len(shown_faces)} of {len(image_faces)} image faces.</p>")
-    if not len(image_faces):
+    if not (sources.media_type == "image").any():
+        parts.append("<p class='note'>No images in this run.</p>")
+    elif not len(image_faces):
         parts.append("<p class='note'>No faces in images.</p>")
     for source, group in shown_faces.groupby("source", sort=True):
         parts.append(f"<h3>{_escape(source)}</h3><div class='faces'>")

@@ -164,3 +164,35 @@ def test_h264_writer_pads_odd_sizes_and_keeps_every_frame(tmp_path):
         pictures = [frame.to_ndarray(format="gray") for frame in container.decode(stream)]
     assert len(pictures) == 25
     assert [int(round(p[:3, :5].mean())) for p in pictures[::8]] == pytest.approx([0, 80, 160, 240], abs=6)
+
+
+def test_overview_shows_each_sources_emotion_shares_and_faces_per_frame(reported_run):
+    """The overview's bars carry the face table's own counts: all sources first, then each source."""
+    _, out = reported_run
+    page = (out / "report.html").read_text()
+    overview = page[page.index("id='overview'"):page.index("id='run'")]
+    faces = pd.read_parquet(out / "r.parquet")
+    rows = re.findall(r"<div class='orow'><span class='olabel' title='([^']*)'>.*?</div>(?=<div class='orow'>|</div>)", overview)
+    assert rows[:3] == ["all sources", "crowd.mp4", "group.jpg"]  # most faces first
+    for label, group in [("all sources", faces), ("group.jpg", faces[faces.source == "group.jpg"])]:
+        row = overview[overview.index(f"title='{label}'"):]
+        row = row[:row.index("</div><span class='ocount'>")]
+        shown = {name: int(count) for name, count in re.findall(r"title='(\w+) [0-9.]+% \((\d+)\)'", row)}
+        assert shown == group.emotion.value_counts().to_dict()
+    per_frame = faces[faces.source == "crowd.mp4"].groupby("frame_index").size()
+    assert f"up to {per_frame.max()} over" in overview
+    assert overview.count("<svg class='count'") == 1  # one video
+
+
+def test_a_run_without_faces_says_so_in_every_section(tmp_path, annotator):
+    from fer_batch.api import annotate_to_file, write_report
+
+    cv2.imwrite(str(tmp_path / "wall.png"), np.full((120, 160, 3), 128, np.uint8))
+    annotate_to_file([tmp_path / "wall.png"], tmp_path / "out.parquet", annotator=annotator)
+    outputs = write_report(tmp_path / "out.parquet", report=tmp_path / "report.html", render=tmp_path / "render")
+    page = outputs.report.read_text()
+    assert "No faces were found in this run." in page
+    assert "No videos in this run." in page and "No faces in images." in page
+    assert "no face detected in image" in page  # listed among the errors, as in the errors table
+    assert "class='orow'" not in page
+    assert [path.name for path in outputs.rendered] == ["wall.jpg"] and not outputs.render_failures
