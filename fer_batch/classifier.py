@@ -40,11 +40,7 @@ class SequenceClassifier:
         count = len(crops)
         if count == 0:
             return np.empty((0, len(self.class_names)), dtype=np.float32)
-        inputs = normalize_crops(crops, self.preprocessing).to(self.device)
-        padded = bucket_size(count)  # a few batch shapes only: see fer_batch.runtime.bucket_size
-        if padded != count:
-            inputs = torch.cat([inputs, inputs.new_zeros((padded - count, *inputs.shape[1:]))])
-        features = self.model.encode(inputs, flip_average=self.preprocessing.tta_flip)[:count]
+        features = self._encode(crops)
         probabilities = torch.empty(count, len(self.class_names), device=self.device)
         zeros = torch.zeros(self.model.hidden_size, device=self.device)
         new_frame = np.ones(count, bool)
@@ -58,6 +54,32 @@ class SequenceClassifier:
             for position, key in enumerate(keys):
                 self._hidden[key] = new_hidden[0, position]
         return probabilities.cpu().numpy().astype(np.float32)
+
+    def _encode(self, crops: np.ndarray) -> torch.Tensor:
+        count = len(crops)
+        inputs = normalize_crops(crops, self.preprocessing).to(self.device)
+        padded = bucket_size(count)  # a few batch shapes only: see fer_batch.runtime.bucket_size
+        if padded != count:
+            inputs = torch.cat([inputs, inputs.new_zeros((padded - count, *inputs.shape[1:]))])
+        return self.model.encode(inputs, flip_average=self.preprocessing.tta_flip)[:count]
+
+    @torch.no_grad()
+    def encode(self, crops: np.ndarray) -> np.ndarray:
+        """CNN features (N, D) float32 of (N, H, W) uint8 crops: the per-frame half of `classify`,
+        for engines that track in pieces and run the GRU once the tracks are joined (fer_batch.ray)."""
+        if len(crops) == 0:
+            return np.empty((0, self.model.feature_size), np.float32)
+        return self._encode(crops).float().cpu().numpy()
+
+    @torch.no_grad()
+    def track_probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Probabilities (T, C) of one track's features (T, D) in frame order, from a zero state:
+        what `classify` gives that track's faces one frame at a time."""
+        if len(features) == 0:
+            return np.empty((0, len(self.class_names)), np.float32)
+        sequence = torch.from_numpy(np.ascontiguousarray(features, np.float32)).to(self.device).unsqueeze(0)
+        logits, _ = self.model.sequence_logits(sequence)
+        return torch.softmax(logits[0].float(), dim=1).cpu().numpy().astype(np.float32)
 
     def forget_source(self, source_number: int) -> None:
         """Drop the GRU state of a finished source (tracker state resets per video too)."""

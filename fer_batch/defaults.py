@@ -44,6 +44,11 @@ UNSUPPORTED_MEDIA_SUFFIXES = (
 )
 OUTPUT_SUFFIXES = (".parquet", ".csv")
 
+# The Ray engine (fer_batch.ray): videos are cut into segments of about this many seconds,
+# annotated in parallel and stitched; each reads a few frames before its cut (see overlap_frames)
+SEGMENT_S = 60.0
+ENGINES = ("local", "ray")
+
 # `fer serve`: local by default; uploads are bounded in size, type and number waiting
 SERVE_HOST = "127.0.0.1"
 SERVE_PORT = 8000

@@ -287,14 +287,26 @@ def _wanted(index: int, timestamp_s: float, options: RunOptions, fps: float, las
     return index % options.every_nth == 0
 
 
-def iter_video_frames(source: MediaSource, options: RunOptions, report: VideoReadReport) -> Iterator[Frame]:
-    """Sampled frames of one video, decoded one at a time (skipped frames are only grabbed)."""
+def iter_video_frames(
+    source: MediaSource, options: RunOptions, report: VideoReadReport, start_frame: int = 0, stop_frame: int | None = None
+) -> Iterator[Frame]:
+    """Sampled frames of one video, decoded one at a time (skipped frames are only grabbed).
+
+    `start_frame`/`stop_frame` read one segment of it (fer_batch.ray): the reader seeks to the
+    start and numbers frames as in the whole file. Sampling state needs one frame to settle
+    under `fps`, which the segments' overlap provides.
+    """
     capture, info = open_video(source.path)
     report.info = info
     last_bucket = [-1]
     try:
         index = 0
+        if start_frame > 0:
+            _seek(capture, start_frame, source)
+            index = start_frame
         while options.max_frames is None or report.frames_sampled < options.max_frames:
+            if stop_frame is not None and index >= stop_frame:
+                break
             if not capture.grab():
                 break
             report.frames_read += 1
@@ -316,10 +328,18 @@ def iter_video_frames(source: MediaSource, options: RunOptions, report: VideoRea
     if report.frames_read == 0:
         raise MediaError("decode", "video has no decodable frames (empty or corrupt stream)")
     reached_limit = options.max_frames is not None and report.frames_sampled >= options.max_frames
-    if not reached_limit and info.frame_count > 0 and report.frames_read < 0.95 * info.frame_count - 1:
+    reached_limit = reached_limit or stop_frame is not None
+    decoded_to = start_frame + report.frames_read
+    if not reached_limit and info.frame_count > 0 and decoded_to < 0.95 * info.frame_count - 1:
         report.truncated_message = (
-            f"video ended early: decoded {report.frames_read} of {info.frame_count} frames the container announces"
+            f"video ended early: decoded {decoded_to} of {info.frame_count} frames the container announces"
         )
+
+
+def _seek(capture: cv2.VideoCapture, frame: int, source: MediaSource) -> None:
+    """Put the reader on `frame` (FFmpeg seeks to the keyframe before it and decodes forward)."""
+    if not capture.set(cv2.CAP_PROP_POS_FRAMES, frame) or int(capture.get(cv2.CAP_PROP_POS_FRAMES)) != frame:
+        raise MediaError("decode", f"cannot seek to frame {frame} of {source.relative}")
 
 
 _END = object()

@@ -123,6 +123,11 @@ class EmotionNet(nn.Module):
         """Width of the per-track state the classifier keeps between frames."""
         return self.gru.hidden_size
 
+    @property
+    def feature_size(self) -> int:
+        """Width of a crop's CNN feature vector (the GRU's input)."""
+        return self.encoder.output_dim
+
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
         """Still-image logits: each crop is a sequence of one."""
         features = self.encode(crops)
@@ -154,6 +159,10 @@ class EmotionEnsemble(nn.Module):
     @property
     def hidden_size(self) -> int:
         return sum(self._hidden_sizes)
+
+    @property
+    def feature_size(self) -> int:
+        return sum(self._feature_sizes)
 
     def encode(self, crops: torch.Tensor, flip_average: bool = False) -> torch.Tensor:
         return torch.cat([member.encode(crops, flip_average) for member in self.members], dim=-1)

@@ -92,8 +92,13 @@ Event = SourceStarted | FrameBatch | SourceFinished
 
 
 # -- stages ---------------------------------------------------------------------------
-def read_frames(sources: list[MediaSource], options: RunOptions) -> Iterator[Event]:
-    """Decode each source into one-frame batches; unreadable files become errors."""
+def read_frames(
+    sources: list[MediaSource], options: RunOptions, frame_range: tuple[int, int | None] | None = None
+) -> Iterator[Event]:
+    """Decode each source into one-frame batches; unreadable files become errors.
+
+    `frame_range` (start, stop) reads only those frames of the videos: a segment (fer_batch.ray).
+    """
     for number, source in enumerate(sources):
         run = SourceRun(number, source)
         if source.media_type == "image":
@@ -108,15 +113,16 @@ def read_frames(sources: list[MediaSource], options: RunOptions) -> Iterator[Eve
             except Exception as error:  # noqa: BLE001 - one bad file must not end the run
                 run.fail("read", error)
         else:
-            yield from _video_events(run, options)
+            yield from _video_events(run, options, *(frame_range or (0, None)))
         yield SourceFinished(run)
 
 
-def _video_events(run: SourceRun, options: RunOptions) -> Iterator[Event]:
+def _video_events(run: SourceRun, options: RunOptions, start_frame: int = 0, stop_frame: int | None = None) -> Iterator[Event]:
     report = VideoReadReport()
     started = False
     try:
-        with contextlib.closing(background_frames(iter_video_frames(run.source, options, report))) as frames:
+        frames_of = iter_video_frames(run.source, options, report, start_frame, stop_frame)
+        with contextlib.closing(background_frames(frames_of)) as frames:
             for frame in frames:
                 if not started:
                     run.expected_frames = _expected_frames(report, options)
