@@ -386,14 +386,16 @@ def _plan(paths: list[str | Path], options: dict[str, Any], segment_s: float) ->
     return RayPlan(asdict(model_options), run_options, sources, unsupported, plan_units(sources, run_options, segment_s), metadata)
 
 
-def _stitched(plan: RayPlan, workers: int | None, gpus_per_worker: float, threads_per_worker: int) -> Any:
+def _stitched(plan: RayPlan, workers: int | None, gpus_per_worker: float) -> Any:
+    """Units -> actor pool -> grouped by video -> stitched groups (one row each)."""
     ray = _ray()
-    model_options = dict(plan.model_options, threads=plan.model_options.get("threads") or threads_per_worker)
+    threads_per_worker = plan.model_options.get("threads") or 1  # --threads: each worker's, 1 unless given
+    model_options = dict(plan.model_options, threads=threads_per_worker)
     items = [{"group": unit.group, "number": unit.number, "unit": pickle.dumps(unit)} for unit in plan.units]
     pool = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads_per_worker)
     units = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     annotated = units.map_batches(
-        UnitWorker, batch_size=1, concurrency=(1, max(1, min(pool, len(items)))), num_cpus=threads_per_worker,
+        UnitWorker, batch_size=1, concurrency=max(1, min(pool, len(items))), num_cpus=threads_per_worker,
         num_gpus=gpus_per_worker, fn_constructor_args=(model_options, asdict(plan.run_options)),
     )
     return annotated.groupby("group").map_groups(
@@ -409,25 +411,37 @@ def _gpus(device: str) -> float:
     return 0.0
 
 
+def configure_progress(enabled: bool) -> None:
+    """Ray Data's own progress bars and progress log lines, on or off (`--quiet`)."""
+    import logging
+
+    _ray().data.DataContext.get_current().enable_progress_bars = enabled
+    logging.getLogger("ray.data").setLevel(logging.INFO if enabled else logging.WARNING)
+
+
 def init_ray(address: str | None = None) -> None:
     """Connect to the cluster at `address` (or start a local one), unless this process already has."""
     ray = _ray()
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False, include_dashboard=False)
+        ray.init(address=address, log_to_driver=False, include_dashboard=False, logging_level="warning")
 
 
 def annotate_dataset(
     paths: list[str | Path],
     segment_s: float = defaults.SEGMENT_S,
     workers: int | None = None,
-    threads_per_worker: int = 1,
     ray_address: str | None = None,
     **options: Any,
 ) -> Any:
-    """A ray.data.Dataset of face rows (the face table's schema) for these inputs; lazy until consumed."""
+    """A ray.data.Dataset of face rows (the face table's schema) for these inputs; lazy until consumed.
+
+    `workers` annotators run at once (default: the cluster's CPUs over `threads`, each worker's
+    torch threads, 1 unless given); each takes a GPU when `device` is cuda, or auto on a cluster
+    with GPUs. Options are `fer annotate`'s, by the same names.
+    """
     init_ray(ray_address)
     plan = _plan(paths, options, segment_s)
-    stitched = _stitched(plan, workers, _gpus(plan.model_options["device"]), threads_per_worker)
+    stitched = _stitched(plan, workers, _gpus(plan.model_options["device"]))
     return stitched.map_batches(_face_rows, batch_format="numpy", batch_size=None)
 
 
@@ -458,7 +472,6 @@ def annotate_to_directory(
     out: str | Path,
     segment_s: float = defaults.SEGMENT_S,
     workers: int | None = None,
-    threads_per_worker: int = 1,
     ray_address: str | None = None,
     **options: Any,
 ) -> RayResult:
@@ -472,7 +485,7 @@ def annotate_to_directory(
     started = time.time()
     init_ray(ray_address)
     plan = _plan(paths, options, segment_s)
-    stitched = _stitched(plan, workers, _gpus(plan.model_options["device"]), threads_per_worker).materialize()
+    stitched = _stitched(plan, workers, _gpus(plan.model_options["device"])).materialize()
     filesystem, root = pafs.FileSystem.from_uri(str(out)) if "://" in str(out) else (pafs.LocalFileSystem(), str(Path(out).resolve()))
     filesystem.create_dir(root, recursive=True)
     faces = stitched.map_batches(_face_rows, batch_format="numpy", batch_size=None)

@@ -46,7 +46,7 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 @app.command()
 def annotate(
     paths: list[Path] = typer.Argument(..., help="Image/video files and folders (walked recursively)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output table: .parquet or .csv (summary, tracks and errors tables beside it), or a directory (results/) for a resumable dataset of Parquet parts."),
+    out: str = typer.Option(..., "--out", "-o", help="Output table: .parquet or .csv (summary, tracks and errors tables beside it), or a directory (results/) for a resumable dataset of Parquet parts; with --engine ray also a URI (s3://bucket/results/)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the dataset directory given by --out: skip the sources already complete there."),
     glob: list[str] = typer.Option([], "--glob", help="Only files whose relative path or name matches (repeatable)."),
     exclude: list[str] = typer.Option([], "--exclude", help="Skip files whose relative path or name matches (repeatable)."),
@@ -68,9 +68,25 @@ def annotate(
     render: Optional[Path] = typer.Option(None, "--render", help="Also write annotated copies of the inputs into this folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary on the terminal."),
     json_summary: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout (for scripts); the rest goes to stderr."),
+    engine: str = typer.Option("local", "--engine", help="local (this process) or ray (a Ray cluster; pip install 'fer-batch[ray]'); ray writes a dataset folder."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="With --engine ray: the cluster to join (default: start one on this machine)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="With --engine ray: annotators running at once (default: the cluster's CPUs / --threads)."),
+    segment_seconds: float = typer.Option(defaults.SEGMENT_S, "--segment-seconds", min=0.04, help="With --engine ray: cut videos into segments of about this length, annotated in parallel and stitched."),
 ) -> None:
     """Detect, track and classify every face in images and videos."""
     console = Console(stderr=True, quiet=quiet, soft_wrap=True)
+    if engine not in defaults.ENGINES:
+        raise _fail(f"unknown --engine {engine!r}; use one of {', '.join(defaults.ENGINES)}")
+    if engine == "ray":
+        _annotate_on_ray(
+            paths, out, resume, console, quiet, json_summary, report, render, ray_address, workers, segment_seconds,
+            dict(glob=tuple(glob), exclude=tuple(exclude), every_nth=every_nth, fps=fps, max_frames=max_frames,
+                 threshold=threshold, min_face_size=min_face_size, detect_scale=detect_scale, detect_every=detect_every,
+                 detect_batch=detect_batch, batch_size=batch_size, track_iou=track_iou, max_missed=max_missed,
+                 device=device, weights=str(weights) if weights else None, threads=threads),
+        )
+        return
+    out = Path(out)
     from fer_batch.api import annotate_to_file
     from fer_batch.cli.progress import RichProgress
     from fer_batch.dataset import DatasetError, prepare_directory
@@ -134,6 +150,58 @@ def annotate(
         outputs = {"faces": result.out_path, "summary": result.summary_path, "tracks": result.tracks_path,
                    "errors": result.errors_path}
         outputs.update({name: path for name, path in (("report", report), ("render", render)) if path is not None})
+        typer.echo(json.dumps(summary_document(result.summary, outputs), indent=2))
+    if result.summary.totals["sources_ok"] == 0:
+        raise typer.Exit(EXIT_NOTHING_PROCESSED)
+
+
+def _annotate_on_ray(
+    paths: list[Path], out: str, resume: bool, console: Console, quiet: bool, json_summary: bool,
+    report: Optional[Path], render: Optional[Path], ray_address: Optional[str], workers: Optional[int],
+    segment_seconds: float, options: dict,
+) -> None:
+    """`fer annotate --engine ray`: the same options, run by fer_batch.ray on a cluster."""
+    from fer_batch.dataset import DatasetError, prepare_directory
+    from fer_batch.media import InputPathError, discover_sources
+    from fer_batch.options import split_options
+    from fer_batch.report import plural, print_summary, summary_document
+    from fer_batch.writers import OutputPathError, check_output_path
+
+    remote = "://" in out
+    try:
+        if resume:
+            raise ValueError("--resume is for the local engine; give --engine ray a new output folder")
+        _, run_options = split_options(options)
+        if not remote:
+            if check_output_path(Path(out)) != "dataset":
+                raise ValueError(f"--engine ray writes a dataset folder; give --out a directory such as results/, not {out}")
+            prepare_directory(Path(out), resume=False)
+        if remote and (report is not None or render is not None):
+            raise ValueError("--report and --render need a local --out; run `fer report` on a local copy")
+        sources, unsupported = discover_sources(paths, run_options.glob, run_options.exclude)
+    except (InputPathError, OutputPathError, DatasetError, ValueError) as error:
+        raise _fail(str(error))
+    if not sources and not unsupported:
+        raise _fail("no images or videos found under the given paths", EXIT_NOTHING_PROCESSED)
+    try:
+        from fer_batch import ray as ray_engine
+
+        ray_engine.configure_progress(enabled=not quiet)
+        result = ray_engine.annotate_to_directory(
+            paths, out, segment_s=segment_seconds, workers=workers, ray_address=ray_address, **options
+        )
+    except ImportError as error:
+        raise _fail(str(error))
+    except KeyboardInterrupt:
+        Console(stderr=True).print("[yellow]interrupted:[/] the Ray run was stopped; run it again into a new folder")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    print_summary(result.summary, console)
+    console.print(f"wrote {plural(result.rows, 'row')} to [bold]{escape(out)}[/] with Ray "
+                  f"({plural(result.units, 'work unit')}); companions _summary, _tracks, _errors and _run.json")
+    if report is not None or render is not None:
+        _report_and_render(Path(out), report, render, console)
+    if json_summary:
+        outputs = {"faces": out, **{f"{kind}": f"{out.rstrip('/')}/_{kind}.parquet" for kind in ("summary", "tracks", "errors")}}
         typer.echo(json.dumps(summary_document(result.summary, outputs), indent=2))
     if result.summary.totals["sources_ok"] == 0:
         raise typer.Exit(EXIT_NOTHING_PROCESSED)
