@@ -191,3 +191,57 @@ def test_a_source_deleted_mid_run_does_not_stop_a_dataset_run(tmp_path, media_di
                   for entry in read_part_document(part)[1].identities()}
     assert identities["b.jpg"].size == -1 and identities["a.jpg"].size > 0
     assert set(read_run(result.directory).sources.source) == {"a.jpg", "b.jpg"}
+
+
+def _looped(clip: Path, target: Path, times: int) -> Path:
+    """`clip` played `times` times over, by copying its H.264 packets with shifted timestamps (no re-encoding)."""
+    import av
+
+    with av.open(str(clip)) as source, av.open(str(target), "w") as output:
+        stream = source.streams.video[0]
+        packets = [packet for packet in source.demux(stream) if packet.size]
+        copy = output.add_stream_from_template(stream)
+        step = packets[1].pts - packets[0].pts
+        length = max(packet.pts for packet in packets) + step - packets[0].pts
+        for repeat in range(times):
+            for packet in packets:
+                shifted = av.Packet(bytes(packet))
+                shifted.stream, shifted.time_base, shifted.is_keyframe = copy, packet.time_base, packet.is_keyframe
+                shifted.pts, shifted.dts = packet.pts + repeat * length, packet.dts + repeat * length
+                output.mux(shifted)
+    return target
+
+
+def test_peak_memory_does_not_grow_with_video_length(tmp_path, media_dir):
+    """A 640x360 clip looped to 2 and to 20 minutes (30,000 frames, all decoded), each annotated (one
+    frame in 500) into a dataset folder by a fresh process: the 20-minute run's peak RSS is the
+    2-minute run's, give or take noise."""
+    import av
+
+    from fer_batch.render import H264Writer
+
+    capture = cv2.VideoCapture(str(media_dir / "walking-crowd-1080p.mp4"))
+    writer = H264Writer(tmp_path / "base.mp4", 25.0, (640, 360))
+    for _ in range(50):  # 2 s
+        ok, bgr = capture.read()
+        assert ok
+        writer.write(cv2.cvtColor(cv2.resize(bgr, (640, 360), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
+    writer.close()
+    peaks = {}
+    for minutes in (2, 20):
+        video = _looped(tmp_path / "base.mp4", tmp_path / f"long-{minutes}.mp4", minutes * 30)
+        with av.open(str(video)) as container:
+            assert container.streams.video[0].frames == minutes * 60 * 25
+        script = (
+            "import resource, sys; from fer_batch.api import annotate_to_file; "
+            "result = annotate_to_file([sys.argv[1]], sys.argv[2], device='cpu', every_nth=500); "
+            "print(result.summary.totals['frames_annotated'], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        )
+        done = subprocess.run([sys.executable, "-c", script, str(video), str(tmp_path / f"out-{minutes}") + "/"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        frames, peak_kb = map(int, done.stdout.split()[-2:])
+        assert frames == minutes * 60 * 25 // 500
+        peaks[minutes] = peak_kb / 1024
+        video.unlink()
+    assert peaks[20] - peaks[2] < 40, f"peak RSS grew from {peaks[2]:.0f} MB to {peaks[20]:.0f} MB with 10x the video"
