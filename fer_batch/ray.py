@@ -398,7 +398,9 @@ def _stitched(plan: RayPlan, workers: int | None, gpus_per_worker: float) -> Any
         UnitWorker, batch_size=1, concurrency=max(1, min(pool, len(items))), num_cpus=threads_per_worker,
         num_gpus=gpus_per_worker, fn_constructor_args=(model_options, asdict(plan.run_options)),
     )
-    return annotated.groupby("group").map_groups(
+    # A few partitions: there are few groups per machine, and each shuffle partition costs an aggregator.
+    partitions = max(1, min(len({unit.group for unit in plan.units}), pool))
+    return annotated.groupby("group", num_partitions=partitions).map_groups(
         GroupStitcher, concurrency=1, num_cpus=threads_per_worker,
         fn_constructor_args=(model_options, plan.metadata.to_json()),
     )
