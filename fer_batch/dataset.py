@@ -264,6 +264,7 @@ def annotate_to_dataset(
     parts = sorted(directory.glob(PART_PATTERN))
     input_errors = [ErrorRecord(name, "input", message) for name, message in unsupported]
     summary = collect_summary(parts, run.class_names, input_errors, run.elapsed_s)
+    summary.frames_this_run = run.summary().totals["frames_annotated"]
     final = run.metadata()
     final.source_paths = {source.relative: str(source.path.resolve()) for source in sources}
     schemas = {"summary": source_summary_schema(run.class_names), "tracks": track_summary_schema(run.class_names),

@@ -66,6 +66,9 @@ class RunSummary:
     tracks: pd.DataFrame
     errors: pd.DataFrame
     elapsed_s: float
+    # Frames this process annotated, when not all of them (a resumed dataset run skips finished
+    # sources): the frame rate counts these, not the whole output's.
+    frames_this_run: int | None = None
 
     @property
     def totals(self) -> dict[str, float]:
@@ -86,7 +89,8 @@ class RunSummary:
             "tracks": len(self.tracks),
             "errors": len(self.errors),
             "seconds": self.elapsed_s,
-            "frames_per_second": frames / self.elapsed_s if self.elapsed_s > 0 else 0.0,
+            "frames_per_second": (frames if self.frames_this_run is None else self.frames_this_run) / self.elapsed_s
+            if self.elapsed_s > 0 else 0.0,
         }
 
 

@@ -145,14 +145,22 @@ def test_ray_engine_writes_the_local_engines_rows(ray_cluster, inputs, tmp_path,
                          for part in parts)
 
 
-def test_annotate_dataset_is_a_ray_dataset_of_face_rows(ray_cluster, inputs):
-    from fer_batch.ray import annotate_dataset
+def test_annotate_dataset_is_a_ray_dataset_and_outputs_go_to_filesystem_uris(ray_cluster, inputs, tmp_path):
+    from fer_batch.ray import annotate_dataset, annotate_to_directory
+    from fer_batch.results import read_run
     from fer_batch.schema import annotation_schema
 
     dataset = annotate_dataset([inputs / "group.jpg"], device="cpu", threads=1)
     rows = dataset.to_pandas()
     assert list(rows.columns) == annotation_schema(tuple(c[5:] for c in rows.columns if c.startswith("prob_"))).names
     assert len(rows) == 6 and rows.track_id.tolist() == [1, 2, 3, 4, 5, 6]
+    # A URI goes through pyarrow's filesystems (s3://, gs://, ... alike); file:// is the one a test can reach.
+    result = annotate_to_directory([inputs / "group.jpg"], (tmp_path / "uri-out").as_uri(), device="cpu", threads=1)
+    run = read_run(tmp_path / "uri-out")
+    assert result.rows == len(run.faces) == 6 and run.sources.faces.tolist() == [6]
+    probabilities = [column for column in rows.columns if column.startswith("prob_")]
+    written = run.faces.sort_values("track_id")[probabilities].to_numpy(np.float64)
+    assert np.abs(written - rows.sort_values("track_id")[probabilities].to_numpy(np.float64)).max() < 1e-6
 
 
 @pytest.mark.parametrize("arguments, message", [
