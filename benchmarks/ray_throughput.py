@@ -95,7 +95,7 @@ def main() -> None:
         ray.shutdown()
 
         reference = rows[0][2] / rows[0][1]
-        print(f"\n| run | seconds | frames | frames/s | x reference |\n|---|---|---|---|---|")
+        print("\n| run | seconds | frames | frames/s | x reference |\n|---|---|---|---|---|")
         for name, seconds, frames in rows:
             print(f"| {name} | {seconds:.1f} | {frames} | {frames / seconds:.2f} | {frames / seconds / reference:.2f} |")
     finally:
