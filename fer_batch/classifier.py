@@ -11,20 +11,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fer_batch import defaults
 from fer_batch.model import Checkpoint
 from fer_batch.preprocess import normalize_crops
 from fer_batch.runtime import bucket_size
+from fer_batch.temporal import check_mode, forward_filter, track_probabilities
 
 TrackKey = tuple[int, int]  # (source number in the run, track id)
 
 
 class SequenceClassifier:
-    def __init__(self, checkpoint: Checkpoint, device: torch.device) -> None:
+    def __init__(self, checkpoint: Checkpoint, device: torch.device, temporal: str = defaults.TEMPORAL) -> None:
         self.checkpoint = checkpoint
         self.device = device
         self.model = checkpoint.model.to(device).eval()
         self.preprocessing = checkpoint.preprocessing
+        self.temporal = check_mode(temporal)
         self._hidden: dict[TrackKey, torch.Tensor] = {}
+        self._belief: dict[TrackKey, tuple[np.ndarray, int]] = {}  # the temporal filter's, per track
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -37,10 +41,35 @@ class SequenceClassifier:
         Consecutive crops of one frame (same source number and frame index) advance their
         tracks' GRU states together.
         """
-        count = len(crops)
-        if count == 0:
+        if len(crops) == 0:
             return np.empty((0, len(self.class_names)), dtype=np.float32)
-        features = self._encode(crops)
+        return self.step(self._encode(crops), source_numbers, frame_index, track_id)
+
+    def step(self, features: torch.Tensor, source_numbers: np.ndarray, frame_index: np.ndarray, track_id: np.ndarray) -> np.ndarray:
+        """Probabilities (N, C) of (N, D) features in time order (see `step_with_evidence`)."""
+        return self.step_with_evidence(features, source_numbers, frame_index, track_id)[0]
+
+    @torch.no_grad()
+    def step_with_evidence(
+        self, features: torch.Tensor, source_numbers: np.ndarray, frame_index: np.ndarray, track_id: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, evidence), each (N, C), of (N, D) features in time order. Under
+        `temporal="none"` both are the frame head's; else the evidence is each track's GRU
+        advanced one step per frame, and the probabilities that evidence filtered forward
+        (fer_batch.temporal), each track carrying its belief from batch to batch."""
+        if self.temporal == "none":
+            frame = torch.softmax(self.model.frame_logits(features).float(), dim=1).cpu().numpy().astype(np.float32)
+            return frame, frame
+        evidence = self._gru_steps(features, source_numbers, frame_index, track_id)
+        filtered = np.empty_like(evidence)
+        for row, key in enumerate(zip(source_numbers.tolist(), track_id.tolist())):
+            belief = forward_filter(evidence[row : row + 1], frame_index[row : row + 1], previous=self._belief.get(key))[0]
+            self._belief[key] = (belief, int(frame_index[row]))
+            filtered[row] = belief
+        return filtered, evidence
+
+    def _gru_steps(self, features: torch.Tensor, source_numbers: np.ndarray, frame_index: np.ndarray, track_id: np.ndarray) -> np.ndarray:
+        count = len(features)
         probabilities = torch.empty(count, len(self.class_names), device=self.device)
         zeros = torch.zeros(self.model.hidden_size, device=self.device)
         new_frame = np.ones(count, bool)
@@ -71,17 +100,17 @@ class SequenceClassifier:
             return np.empty((0, self.model.feature_size), np.float32)
         return self._encode(crops).float().cpu().numpy()
 
-    @torch.no_grad()
-    def track_probabilities(self, features: np.ndarray) -> np.ndarray:
-        """Probabilities (T, C) of one track's features (T, D) in frame order, from a zero state:
-        what `classify` gives that track's faces one frame at a time."""
+    def track_probabilities(self, features: np.ndarray, frame_index: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities (T, C) of one whole track's features (T, D) in frame order, from a zero
+        state, in this classifier's temporal mode: what the streaming pipeline gives that track."""
         if len(features) == 0:
             return np.empty((0, len(self.class_names)), np.float32)
-        sequence = torch.from_numpy(np.ascontiguousarray(features, np.float32)).to(self.device).unsqueeze(0)
-        logits, _ = self.model.sequence_logits(sequence)
-        return torch.softmax(logits[0].float(), dim=1).cpu().numpy().astype(np.float32)
+        frames = np.arange(len(features)) if frame_index is None else frame_index
+        return track_probabilities(self.model, features, frames, self.temporal).astype(np.float32)
 
     def forget_source(self, source_number: int) -> None:
         """Drop the GRU state of a finished source (tracker state resets per video too)."""
         for key in [key for key in self._hidden if key[0] == source_number]:
             del self._hidden[key]
+        for key in [key for key in self._belief if key[0] == source_number]:
+            del self._belief[key]

@@ -24,6 +24,13 @@ REFINE_THRESHOLD = 0.5
 TRACK_IOU = 0.3  # minimum overlap between a predicted track box and a detection
 MAX_MISSED = 5  # detection rounds a track survives without a matching face
 
+# Temporal stage (fer_batch.temporal): bidirectional, causal or none; the backward pass of
+# bidirectional looks ahead one to two windows of this many video frames; a track's emotion
+# is taken to stay from one video frame to the next with probability TEMPORAL_STAY
+TEMPORAL = "bidirectional"  # measured best: fer_batch/weights/README.md, "Temporal modes"
+TEMPORAL_WINDOW = 16
+TEMPORAL_STAY = 0.9
+
 # Sampling and batching
 EVERY_NTH = 1
 BATCH_SIZE = 64  # crops per classifier batch

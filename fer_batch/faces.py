@@ -35,6 +35,7 @@ class Faces:
     track_id: np.ndarray | None = None  # (N,) int32, set by the tracker
     crops: np.ndarray | None = None  # (N, H, W) uint8 aligned crops, set by the crop stage
     probabilities: np.ndarray | None = None  # (N, C) float32, set by the classifier
+    evidence: np.ndarray | None = None  # (N, C) the CNN-GRU's own probabilities before the temporal filter, kept for the look-ahead stage
 
     def __len__(self) -> int:
         return int(self.frame_index.shape[0])

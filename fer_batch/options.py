@@ -52,6 +52,7 @@ class RunOptions:
     batch_size: int = defaults.BATCH_SIZE  # face crops per classifier batch
     track_iou: float = defaults.TRACK_IOU  # least overlap of a track's predicted box and a detection
     max_missed: int = defaults.MAX_MISSED  # detection rounds a track survives unmatched
+    temporal: str = defaults.TEMPORAL  # bidirectional, causal or none (fer_batch.temporal)
 
     def __post_init__(self) -> None:
         for name in ("glob", "exclude"):
@@ -69,6 +70,7 @@ class RunOptions:
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (0.0 <= self.track_iou <= 1.0, "track_iou must be between 0 and 1"),
             (self.max_missed >= 0, "max_missed must be at least 0"),
+            (self.temporal in ("bidirectional", "causal", "none"), "temporal must be bidirectional, causal or none"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,6 +1,6 @@
 """The annotate pipeline, as a chain of generators over one stream of events:
 
-    read_frames -> detect_faces -> track_faces -> crop_faces -> classify_faces -> sinks
+    read_frames -> detect_faces -> track_faces -> crop_faces -> classify_faces [-> look_ahead] -> sinks
 
 Each source becomes `SourceStarted`, a few `FrameBatch`es and `SourceFinished`, in
 order; each stage transforms the batches it knows and passes every other event on, so
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
+import torch
 
 from fer_batch import __version__, defaults
 from fer_batch.classifier import SequenceClassifier
@@ -42,6 +43,7 @@ from fer_batch.preprocess import Preprocessing, align_face, to_grayscale
 from fer_batch.results import RunMetadata
 from fer_batch.runtime import configure_threads, resolve_device
 from fer_batch.statistics import ErrorRecord, RunStatistics, RunSummary
+from fer_batch.temporal import backward_for, look_ahead_end, smooth
 from fer_batch.tracking import IoUTracker
 
 
@@ -298,9 +300,10 @@ def classify_faces(events: Iterable[Event], classifier: SequenceClassifier, batc
                 for batch in batches:
                     batch.run.fail("classify", error)
             else:
+                probabilities, evidence = probabilities
                 classified = {
-                    id(batch): replace(batch, faces=batch.faces.replace(probabilities=part, crops=None))
-                    for batch, part in zip(batches, probabilities)
+                    id(batch): replace(batch, faces=batch.faces.replace(probabilities=part, crops=None, evidence=shown))
+                    for batch, part, shown in zip(batches, probabilities, evidence)
                 }
         events_out, pending, pending_faces = pending, [], 0
         for event in events_out:
@@ -322,18 +325,79 @@ def classify_faces(events: Iterable[Event], classifier: SequenceClassifier, batc
     yield from flush()
 
 
-def _classify_in_chunks(classifier: SequenceClassifier, batches: list[FrameBatch], batch_size: int) -> list[np.ndarray]:
-    """Probabilities for every face of `batches`, in chunks of `batch_size` crops; split back per batch."""
+def _classify_in_chunks(
+    classifier: SequenceClassifier, batches: list[FrameBatch], batch_size: int
+) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """Probabilities for every face of `batches`, in chunks of `batch_size` crops, split back per
+    batch; and the evidence behind them when the look-ahead stage needs it (bidirectional)."""
     crops = np.concatenate([batch.faces.crops for batch in batches])
     numbers = np.concatenate([np.full(len(batch.faces), batch.run.number) for batch in batches])
     frame_index = np.concatenate([batch.faces.frame_index for batch in batches])
     track_id = np.concatenate([batch.faces.track_id for batch in batches])
-    parts = [
-        classifier.classify(crops[start:end], numbers[start:end], frame_index[start:end], track_id[start:end])
-        for start, end in ((start, min(start + batch_size, len(crops))) for start in range(0, len(crops), batch_size))
-    ]
-    probabilities = np.concatenate(parts) if parts else np.empty((0, len(classifier.class_names)), np.float32)
-    return np.split(probabilities, np.cumsum([len(batch.faces) for batch in batches])[:-1])
+    probability_parts, evidence_parts = [], []
+    for start in range(0, len(crops), batch_size):
+        end = min(start + batch_size, len(crops))
+        features = torch.from_numpy(classifier.encode(crops[start:end])).to(classifier.device)
+        probabilities, evidence = classifier.step_with_evidence(features, numbers[start:end], frame_index[start:end], track_id[start:end])
+        probability_parts.append(probabilities)
+        evidence_parts.append(evidence)
+    empty = np.empty((0, len(classifier.class_names)), np.float32)
+    splits = np.cumsum([len(batch.faces) for batch in batches])[:-1]
+    probabilities = np.split(np.concatenate(probability_parts) if probability_parts else empty, splits)
+    if classifier.temporal != "bidirectional":
+        return probabilities, [None] * len(batches)
+    return probabilities, np.split(np.concatenate(evidence_parts) if evidence_parts else empty, splits)
+
+
+def look_ahead(events: Iterable[Event], window: int = defaults.TEMPORAL_WINDOW) -> Iterator[Event]:
+    """The backward half of `temporal="bidirectional"` (fer_batch.temporal): each video batch waits
+    until the faces its backward pass reads have been classified (one to two windows of frames
+    ahead, or the end of the video); then its forward-filtered probabilities are smoothed with
+    the backward messages. Memory stays bounded by the windows, not by the video."""
+    held: list[FrameBatch] = []
+    context: list[Faces] = []  # faces (with evidence) that a held batch's backward pass may read
+    newest = -1
+
+    def ready(batch: FrameBatch, finished: bool) -> bool:
+        return finished or not len(batch.faces) or newest >= look_ahead_end(int(batch.faces.frame_index.max()), window)
+
+    def emit(batch: FrameBatch) -> FrameBatch:
+        faces = batch.faces
+        if len(faces):
+            first = int(faces.frame_index.min())
+            pool = Faces.concat([part.select(part.frame_index >= first) for part in context])
+            backward = np.empty((len(faces), faces.probabilities.shape[1]), np.float64)
+            for track in np.unique(faces.track_id):
+                rows = np.flatnonzero(pool.track_id == track)
+                targets = np.searchsorted(pool.frame_index[rows], faces.frame_index[faces.track_id == track])
+                backward[faces.track_id == track] = backward_for(pool.evidence[rows], pool.frame_index[rows], targets, window)
+            faces = faces.replace(probabilities=smooth(faces.probabilities, backward).astype(np.float32))
+        return replace(batch, faces=faces.replace(evidence=None))
+
+    def release(finished: bool) -> Iterator[Event]:
+        nonlocal context
+        while held and ready(held[0], finished):
+            yield emit(held.pop(0))
+        firsts = [int(batch.faces.frame_index.min()) for batch in held if len(batch.faces)]
+        if not firsts:
+            context = [] if not held else context
+            return
+        context = [part for part in context if int(part.frame_index.max()) >= min(firsts)]
+
+    for event in events:
+        if isinstance(event, FrameBatch) and event.faces.evidence is not None and event.run.source.media_type == "video":
+            held.append(event)
+            if len(event.faces):
+                context.append(event.faces)
+                newest = max(newest, int(event.faces.frame_index.max()))
+            yield from release(False)
+            continue
+        if isinstance(event, SourceFinished):
+            yield from release(True)
+            newest = -1
+        if isinstance(event, FrameBatch) and event.faces.evidence is not None:
+            event = replace(event, faces=event.faces.replace(evidence=None))  # an image: one frame, nothing ahead
+        yield event
 
 
 # -- sinks and the run ----------------------------------------------------------------
@@ -411,12 +475,13 @@ class AnnotationRun:
     def events(self) -> Iterator[Event]:
         """The stage chain: frames -> detect -> track -> crop -> classify."""
         annotator, options = self.annotator, self.options
-        classifier = SequenceClassifier(annotator.checkpoint, annotator.device)
+        classifier = SequenceClassifier(annotator.checkpoint, annotator.device, options.temporal)
         events = read_frames(self.sources, options)
         events = detect_faces(events, annotator.detector, options)
         events = track_faces(events, options, annotator.detector.refine)
         events = crop_faces(events, annotator.checkpoint.preprocessing)
-        return classify_faces(events, classifier, options.batch_size)
+        events = classify_faces(events, classifier, options.batch_size)
+        return look_ahead(events) if options.temporal == "bidirectional" else events
 
     def __iter__(self) -> Iterator[Faces]:
         total = len(self.sources)

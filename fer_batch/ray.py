@@ -21,9 +21,9 @@ How the work is cut and joined again:
    matched to the tracks already joined by the boxes they share on the same frames (the
    detector sees the same frames, so matched boxes are the same boxes); matched tracks keep
    their id, new ones are numbered on in order of appearance, as the local tracker numbers
-   them. Then the GRU runs over each joined track's features in frame order, from a zero
-   state, which is what the local engine computes one frame at a time, so probabilities do
-   not depend on where the cuts fell.
+   them. Then the temporal stage (fer_batch.temporal) runs over each joined track's features
+   in frame order, from a zero state, which is what the local engine computes as it streams,
+   so probabilities do not depend on where the cuts fell.
 4. The face rows are written with Ray Data (`write_parquet`, on a local path or any pyarrow
    filesystem URI such as s3://) as `ray-part-*.parquet` files, each with the run's metadata in
    its footer, beside the same `_summary`, `_tracks`, `_errors` and `_run.json` as the local
@@ -291,14 +291,14 @@ def classify_tracks(classifier: Any, faces: Faces, features: np.ndarray) -> np.n
     starts = np.flatnonzero(np.r_[True, faces.track_id[order][1:] != faces.track_id[order][:-1]])
     for rows in np.split(order, starts[1:]):
         if len(rows):
-            probabilities[rows] = classifier.track_probabilities(features[rows])
+            probabilities[rows] = classifier.track_probabilities(features[rows], faces.frame_index[rows])
     return probabilities
 
 
 class GroupStitcher:
     """A Ray Data actor for one group of units: stitch, classify, and summarise each source."""
 
-    def __init__(self, model_options: dict[str, Any], metadata_json: str) -> None:
+    def __init__(self, model_options: dict[str, Any], metadata_json: str, temporal: str) -> None:
         from fer_batch.classifier import SequenceClassifier
         from fer_batch.model import load_checkpoint
         from fer_batch.runtime import configure_threads, resolve_device
@@ -306,7 +306,7 @@ class GroupStitcher:
         configure_threads(model_options.get("threads"))
         device = resolve_device(model_options.get("device", defaults.DEVICE))
         checkpoint = load_checkpoint(model_options.get("weights") or defaults.default_weights_path())
-        self.classifier = SequenceClassifier(checkpoint, device)
+        self.classifier = SequenceClassifier(checkpoint, device, temporal)
         self.metadata_json = metadata_json
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -395,14 +395,14 @@ def _stitched(plan: RayPlan, workers: int | None, gpus_per_worker: float) -> Any
     pool = workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // threads_per_worker)
     units = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     annotated = units.map_batches(
-        UnitWorker, batch_size=1, concurrency=max(1, min(pool, len(items))), num_cpus=threads_per_worker,
+        UnitWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=max(1, min(pool, len(items)))), num_cpus=threads_per_worker,
         num_gpus=gpus_per_worker, fn_constructor_args=(model_options, asdict(plan.run_options)),
     )
     # A few partitions: there are few groups per machine, and each shuffle partition costs an aggregator.
     partitions = max(1, min(len({unit.group for unit in plan.units}), pool))
     return annotated.groupby("group", num_partitions=partitions).map_groups(
-        GroupStitcher, concurrency=1, num_cpus=threads_per_worker,
-        fn_constructor_args=(model_options, plan.metadata.to_json()),
+        GroupStitcher, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=threads_per_worker,
+        fn_constructor_args=(model_options, plan.metadata.to_json(), plan.run_options.temporal),
     )
 
 

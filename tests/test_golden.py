@@ -8,6 +8,12 @@ that is meant to alter the output (new weights, a new detector) regenerates them
 Regenerated on 2026-11-26 for the new default weights (one network distilled from the
 two-network ensemble): the same 574 rows, track ids, boxes and landmarks; the emotion
 probabilities are the new network's.
+
+Regenerated again on 2026-11-26 for the new default temporal stage (`--temporal
+bidirectional`, fer_batch.temporal): the same 574 rows, track ids and boxes (within 3e-5 px);
+the photos' probabilities are unchanged (a still is a sequence of one), the video's are
+smoothed forward and backward: 80 % of its labels are as before, and label changes inside
+tracks of 30+ frames fell from 23.0 to 2.0 per 100 frames.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ import typer
 from fer_batch.cli import app
 from fer_batch.options import ALL_OPTION_NAMES, ModelOptions, RunOptions, split_options
 
-NOT_OPTIONS = {"paths", "out", "resume", "report", "render", "quiet", "json_summary"}  # what to read and write, and the terminal
+NOT_OPTIONS = {"paths", "out", "resume", "report", "render", "quiet", "json_summary",  # what to read and write, the terminal
+               "engine", "ray_address", "workers", "segment_seconds"}  # and which engine runs it (fer_batch.ray)
 
 
 def _annotate_params() -> dict:

@@ -114,7 +114,13 @@ def test_ray_engine_writes_the_local_engines_rows(ray_cluster, inputs, tmp_path,
     # One torch thread on both sides: then even the last float bits agree (oneDNN's sums depend on threads).
     from fer_batch.pipeline import Annotator
 
-    local = annotate_to_file([inputs], tmp_path / "local/", annotator=Annotator(device="cpu", threads=1))
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        local = annotate_to_file([inputs], tmp_path / "local/", annotator=Annotator(device="cpu", threads=1))
+    finally:
+        torch.set_num_threads(threads)  # the setting is per process: later tests run as they would alone
     out = tmp_path / "ray-results"
     result = runner.invoke(app, ["annotate", str(inputs), "--out", f"{out}/", "--engine", "ray", "--segment-seconds",
                                  str(SEGMENT_S), "--threads", "1", "--device", "cpu", "--quiet"])

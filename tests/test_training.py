@@ -79,8 +79,12 @@ def test_evaluate_writes_every_artefact(trained_run, fer_dir, tmp_path):
     assert metrics["accuracy"] == pytest.approx((predictions.true == predictions.predicted).mean())
     assert np.array(metrics["confusion_matrix"]).sum() == 300
     sequence = metrics["sequence"]
-    assert set(sequence) >= {"cnn", "cnn_gru", "true_changes_per_100_frames"}
-    assert 0 <= sequence["cnn_gru"]["accuracy"] <= 1
+    assert set(sequence) >= {"none", "cnn_gru", "causal", "bidirectional", "true_changes_per_100_frames"}
+    for mode in ("none", "cnn_gru", "causal", "bidirectional"):
+        assert 0 <= sequence[mode]["accuracy"] <= 1 and sequence[mode]["median_lag_frames"] >= 0
+    # Smoothing can only remove label changes on steady clips, never add them (up to ties).
+    assert sequence["bidirectional"]["steady_clip_flicker_per_100_frames"] <= sequence["cnn_gru"]["steady_clip_flicker_per_100_frames"]
+    assert "temporal bidirectional" in result.output and "median lag" in result.output
 
 
 def _fer_csv(fer_dir: Path, path: Path, per_class: int = 3) -> list[tuple[str, str, Path]]:
@@ -243,7 +247,7 @@ def test_evaluate_and_init_from_with_an_ensemble(ensemble_members, fer_dir, tmp_
     predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv")
     assert metrics["count"] == len(predictions) == 120
     assert metrics["accuracy"] == pytest.approx((predictions.true == predictions.predicted).mean())
-    assert set(metrics["sequence"]) >= {"cnn", "cnn_gru"}  # clips run through the members' GRUs too
+    assert set(metrics["sequence"]) >= {"none", "cnn_gru", "bidirectional"}  # clips run through the members' GRUs too
     small_run = ["train", "--data", str(fer_dir), "--small", "--epochs", "1", "--temporal-epochs", "0",
                  "--limit-train", "128", "--limit-test", "64", "--batch-size", "64", "--device", "cpu", "--quiet",
                  "--lr", "1e-6", "--init-from", str(shipped)]

@@ -61,6 +61,7 @@ def annotate(
     batch_size: int = typer.Option(defaults.BATCH_SIZE, "--batch-size", min=1, help="Face crops per classifier batch."),
     track_iou: float = typer.Option(defaults.TRACK_IOU, "--track-iou", help="Least overlap of a track's predicted box and a detection to continue the track."),
     max_missed: int = typer.Option(defaults.MAX_MISSED, "--max-missed", min=0, help="Detection rounds a track survives without a matching face."),
+    temporal: str = typer.Option(defaults.TEMPORAL, "--temporal", help="How a track's frames are combined: bidirectional (look ahead as well as back), causal (only back) or none (each frame alone)."),
     device: str = typer.Option(defaults.DEVICE, "--device", help="auto, cpu or cuda."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint to use instead of the shipped weights."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch, OpenCV and the video decoder (default: the CPUs this process may use)."),
@@ -83,7 +84,7 @@ def annotate(
             dict(glob=tuple(glob), exclude=tuple(exclude), every_nth=every_nth, fps=fps, max_frames=max_frames,
                  threshold=threshold, min_face_size=min_face_size, detect_scale=detect_scale, detect_every=detect_every,
                  detect_batch=detect_batch, batch_size=batch_size, track_iou=track_iou, max_missed=max_missed,
-                 device=device, weights=str(weights) if weights else None, threads=threads),
+                 temporal=temporal, device=device, weights=str(weights) if weights else None, threads=threads),
         )
         return
     out = Path(out)
@@ -108,6 +109,7 @@ def annotate(
             glob=tuple(glob), exclude=tuple(exclude), every_nth=every_nth, fps=fps, max_frames=max_frames,
             threshold=threshold, min_face_size=min_face_size, detect_scale=detect_scale, detect_every=detect_every,
             detect_batch=detect_batch, batch_size=batch_size, track_iou=track_iou, max_missed=max_missed,
+            temporal=temporal,
         )
         sources, unsupported = discover_sources(paths, options.glob, options.exclude)
     except (InputPathError, OutputPathError, DatasetError, ValueError) as error:

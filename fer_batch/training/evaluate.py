@@ -27,7 +27,8 @@ from fer_batch.runtime import resolve_device
 from fer_batch.training.clips import make_clips
 from fer_batch.training.data import IMAGE_SUFFIXES, DatasetError, FaceDataset, load_split
 from fer_batch.training.metrics import ClassificationReport, classification_report, flicker_per_100
-from fer_batch.training.train import predict_clips, predict_stills
+from fer_batch.temporal import backward_for, forward_filter, smooth
+from fer_batch.training.train import predict_stills
 
 SEQUENCE_CLIPS = 600
 SEQUENCE_LENGTH = 12
@@ -102,30 +103,83 @@ def detect_dataset(
     return dataset, errors
 
 
-def sequence_metrics(checkpoint: Checkpoint, dataset: FaceDataset, device: torch.device, seed: int = 2024) -> dict:
-    """Accuracy and flicker on synthetic clips built from `dataset`: CNN alone vs CNN-GRU."""
+@torch.no_grad()
+def clip_probabilities(checkpoint: Checkpoint, frames: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(frame head, CNN-GRU) probabilities, each (B, T, C), of (B, T, 1, H, W) clips."""
+    model = checkpoint.model.to(device).eval()
+    frame_parts, gru_parts = [], []
+    clips_per_batch = max(1, 256 // frames.shape[1])
+    for start in range(0, frames.shape[0], clips_per_batch):
+        chunk = frames[start : start + clips_per_batch]
+        clips, length = chunk.shape[:2]
+        features = model.encode(chunk.flatten(0, 1).to(device), flip_average=checkpoint.preprocessing.tta_flip)
+        features = features.view(clips, length, -1)
+        frame_parts.append(torch.softmax(model.frame_logits(features).float(), dim=-1).cpu())
+        sequence, _ = model.sequence_logits(features)
+        gru_parts.append(torch.softmax(sequence.float(), dim=-1).cpu())
+    return torch.cat(frame_parts).numpy(), torch.cat(gru_parts).numpy()
+
+
+def temporal_labels(frame_probabilities: np.ndarray, gru_probabilities: np.ndarray, mode: str,
+                    stay: float = defaults.TEMPORAL_STAY) -> np.ndarray:
+    """(B, T) labels of clips in a temporal mode (fer_batch.temporal), or "cnn_gru" for the bare GRU."""
+    if mode == "none":
+        return frame_probabilities.argmax(-1)
+    if mode == "cnn_gru":
+        return gru_probabilities.argmax(-1)
+    frames = np.arange(gru_probabilities.shape[1])
+    labels = np.empty(gru_probabilities.shape[:2], np.int64)
+    for clip, evidence in enumerate(gru_probabilities):
+        filtered = forward_filter(evidence, frames, stay)
+        if mode == "bidirectional":
+            filtered = smooth(filtered, backward_for(evidence, frames, frames, stay=stay))
+        labels[clip] = filtered.argmax(-1)
+    return labels
+
+
+def change_lag(predicted: np.ndarray, truth: np.ndarray) -> list[int]:
+    """Frames from each true change to the first frame from which the prediction names the new label."""
+    lags = []
+    for labels, true in zip(predicted, truth):
+        changes = np.flatnonzero(true[1:] != true[:-1])
+        if len(changes):
+            cut = int(changes[0]) + 1
+            hits = np.flatnonzero(labels[cut:] == true[cut])
+            lags.append(int(hits[0]) if len(hits) else len(true) - cut)
+    return lags
+
+
+TEMPORAL_ROWS = ("none", "cnn_gru", "causal", "bidirectional")
+
+
+def sequence_metrics(checkpoint: Checkpoint, dataset: FaceDataset, device: torch.device, seed: int = 2024,
+                     stay: float = defaults.TEMPORAL_STAY) -> dict:
+    """Accuracy, flicker and lag on synthetic clips built from `dataset`, per temporal mode:
+    none (the CNN alone), cnn_gru (the GRU, unfiltered), causal and bidirectional."""
     clips = make_clips(
         dataset, SEQUENCE_CLIPS, SEQUENCE_LENGTH, checkpoint.preprocessing, torch.Generator().manual_seed(seed)
     )
-    frame_labels, sequence_labels = predict_clips(checkpoint.model.to(device), clips.frames, checkpoint.preprocessing, device)
+    frame_probabilities, gru_probabilities = clip_probabilities(checkpoint, clips.frames, device)
     truth = clips.labels.numpy()
     steady = ~clips.is_transition.numpy()
-    return {
+    result = {
         "clips": SEQUENCE_CLIPS,
         "frames_per_clip": SEQUENCE_LENGTH,
         "transition_clips": int((~steady).sum()),
         "true_changes_per_100_frames": flicker_per_100(truth),
-        "cnn": {
-            "accuracy": float((frame_labels == truth).mean()),
-            "flicker_per_100_frames": flicker_per_100(frame_labels),
-            "steady_clip_flicker_per_100_frames": flicker_per_100(frame_labels[steady]),
-        },
-        "cnn_gru": {
-            "accuracy": float((sequence_labels == truth).mean()),
-            "flicker_per_100_frames": flicker_per_100(sequence_labels),
-            "steady_clip_flicker_per_100_frames": flicker_per_100(sequence_labels[steady]),
-        },
+        "stay": stay,
     }
+    for mode in TEMPORAL_ROWS:
+        labels = temporal_labels(frame_probabilities, gru_probabilities, mode, stay)
+        lags = change_lag(labels[~steady], truth[~steady])
+        result[mode] = {
+            "accuracy": float((labels == truth).mean()),
+            "flicker_per_100_frames": flicker_per_100(labels),
+            "steady_clip_flicker_per_100_frames": flicker_per_100(labels[steady]),
+            "median_lag_frames": float(np.median(lags)) if lags else float("nan"),
+        }
+    result["cnn"] = result["none"]  # the name earlier versions wrote
+    return result
 
 
 def evaluate(
@@ -239,15 +293,18 @@ def _index_html(result: EvaluationResult, path: Path) -> Path:
     )
     sequence = ""
     if result.sequence:
-        cnn, gru = result.sequence["cnn"], result.sequence["cnn_gru"]
+        names = {"none": "none (CNN alone)", "cnn_gru": "CNN-GRU, unfiltered", "causal": "causal", "bidirectional": "bidirectional"}
         sequence = (
-            "<h2>Synthetic clips (stability)</h2><table><tr><th></th><th>accuracy</th><th>flicker / 100 frames</th>"
-            "<th>flicker on steady clips</th></tr>"
-            f"<tr><td>CNN alone</td><td>{cnn['accuracy']:.2%}</td><td>{cnn['flicker_per_100_frames']:.1f}</td>"
-            f"<td>{cnn['steady_clip_flicker_per_100_frames']:.1f}</td></tr>"
-            f"<tr><td>CNN-GRU</td><td>{gru['accuracy']:.2%}</td><td>{gru['flicker_per_100_frames']:.1f}</td>"
-            f"<td>{gru['steady_clip_flicker_per_100_frames']:.1f}</td></tr></table>"
-            f"<p>{result.sequence['clips']} clips of {result.sequence['frames_per_clip']} frames; true label changes "
+            "<h2>Synthetic clips: the temporal modes</h2><table><tr><th>temporal</th><th>accuracy</th>"
+            "<th>flicker / 100 frames</th><th>flicker on steady clips</th><th>median lag (frames)</th></tr>"
+            + "".join(
+                f"<tr><td>{names[mode]}</td><td>{result.sequence[mode]['accuracy']:.2%}</td>"
+                f"<td>{result.sequence[mode]['flicker_per_100_frames']:.1f}</td>"
+                f"<td>{result.sequence[mode]['steady_clip_flicker_per_100_frames']:.1f}</td>"
+                f"<td>{result.sequence[mode].get('median_lag_frames', float('nan')):.1f}</td></tr>"
+                for mode in TEMPORAL_ROWS if mode in result.sequence
+            )
+            + f"</table><p>{result.sequence['clips']} clips of {result.sequence['frames_per_clip']} frames; true label changes "
             f"{result.sequence['true_changes_per_100_frames']:.1f} per 100 frames.</p>"
         )
     page = f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>fer-batch evaluation</title>
@@ -287,10 +344,11 @@ def print_evaluation(result: EvaluationResult, console: Console) -> None:
     if result.errors:
         console.print(f"[yellow]{len(result.errors)} images had no usable face (listed in errors.csv)[/]")
     if result.sequence:
-        cnn, gru = result.sequence["cnn"], result.sequence["cnn_gru"]
-        console.print(
-            f"clips: CNN accuracy {cnn['accuracy']:.2%}, flicker {cnn['flicker_per_100_frames']:.1f}/100 frames | "
-            f"CNN-GRU accuracy {gru['accuracy']:.2%}, flicker {gru['flicker_per_100_frames']:.1f}/100 frames "
-            f"(true changes {result.sequence['true_changes_per_100_frames']:.1f}/100)"
-        )
+        for mode in TEMPORAL_ROWS:
+            row = result.sequence[mode]
+            console.print(
+                f"clips, temporal {mode}: accuracy {row['accuracy']:.2%}, flicker {row['flicker_per_100_frames']:.1f}/100 frames, "
+                f"on steady clips {row['steady_clip_flicker_per_100_frames']:.1f}, median lag {row['median_lag_frames']:.1f} frames"
+            )
+        console.print(f"(true changes {result.sequence['true_changes_per_100_frames']:.1f}/100 frames)")
     console.print(f"wrote {', '.join(path.name for path in result.files.values())} to {result.out_dir}")
