@@ -3,7 +3,9 @@
 Crops from many frames, tracks and files are encoded by the CNN in one batch; the
 GRU then advances each track by one step in frame order, keeping its hidden state
 between batches, so a video is classified as a stream. A face with no state (a
-new track, or any face of a still image) starts from zeros: a sequence of one.
+new track, or any face of a still image) starts from zeros: a sequence of one. Unless
+`temporal="none"` (the frame head alone), the GRU's probabilities are then filtered
+forward per track (fer_batch.temporal), the belief carried from batch to batch too.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """A single self-contained HTML report of an annotation run (images inlined, no network).
 
-Sections: an overview (emotion share per source, faces per frame over time per video), the run (inputs, totals, weights, options as a table), per source (frames,
-faces, tracks, emotion shares as a bar), per video its faces per frame and its tracks on one
-shared time axis
-(one row per track with a face thumbnail; each face a mark coloured by its emotion, so a
+Sections: an overview (emotion share per source, faces per frame over time per video), the
+run (inputs, totals, weights, options as a table), per source (frames, faces, tracks,
+emotion shares as a bar), per video its faces per frame and its tracks on one shared time
+axis (one row per track with a face thumbnail; each face a mark coloured by its emotion, so a
 one-frame track is a short mark, not a band) beside the annotated video when `--render`
 made one: clicking a row seeks the video, and a cursor follows its playback. Then per
 image the faces with their labels, and the errors. Large runs stay light: rows and

@@ -99,7 +99,7 @@ def test_a_dataset_folder_reads_as_one_table_equal_to_the_single_file(uninterrup
     _assert_same_rows(tables.faces, expected)
     single_tables = read_run(single.out_path)
     assert _sorted(tables.sources, ["source"]).equals(_sorted(single_tables.sources, ["source"]))
-    assert _sorted(tables.tracks, ["source", "track_id"]).equals(_sorted(single_tables.tracks, ["source", "track_id"]))
+    _assert_same_rows(tables.tracks, single_tables.tracks, ["source", "track_id"])  # means summed in another order
     assert tables.errors.to_dict("records") == single_tables.errors.to_dict("records")
     assert "d-notes.jpg" in tables.errors.source.tolist()
     assert set(tables.metadata.source_paths) == set(tables.sources.source)
