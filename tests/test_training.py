@@ -144,6 +144,29 @@ def test_evaluate_detect_scores_largest_face_and_reports_photos_without_one(trai
     assert errors.to_dict("records") == [{"image": "happy/wall.jpg", "message": "no face detected"}]
 
 
+def test_evaluate_through_detection_of_enlarged_crops_scores_the_same_faces_both_ways(fer_dir, tmp_path):
+    """--detect --upscale: FER2013 crops enlarged and padded go through MTCNN and the alignment,
+    and the faces found are also scored from their own crops, for the cost of detection."""
+    import shutil
+
+    faces = tmp_path / "faces"
+    for emotion in ("happy", "surprise"):
+        (faces / emotion).mkdir(parents=True)
+        for source in sorted((fer_dir / "test" / emotion).iterdir())[:6]:
+            shutil.copy(source, faces / emotion / source.name)
+    result = runner.invoke(app, ["evaluate", "--data", str(faces), "--detect", "--upscale", "3", "--out",
+                                 str(tmp_path / "eval"), "--no-sequence", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["upscale"] == 3 and metrics["count"] + metrics["detection_errors"] == 12
+    assert metrics["count"] >= 8  # MTCNN finds most enlarged FER2013 faces
+    predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    assert len(predictions) == metrics["count"] and all((faces / name).is_file() for name in predictions.image)
+    assert 0 <= metrics["direct_accuracy_same_faces"] <= 1 and "the same faces' own crops" in result.output
+    refused = runner.invoke(app, ["evaluate", "--data", str(faces), "--upscale", "3", "--out", str(tmp_path / "x")])
+    assert refused.exit_code == 2 and "--detect" in refused.output
+
+
 def test_training_rejects_a_path_that_is_not_fer2013(tmp_path):
     (tmp_path / "cats").mkdir()
     result = runner.invoke(app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--quiet"])

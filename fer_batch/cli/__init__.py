@@ -302,6 +302,7 @@ def evaluate(
     sequence: bool = typer.Option(True, "--sequence/--no-sequence", help="Also score synthetic clips (CNN vs CNN-GRU)."),
     device: str = typer.Option("auto", "--device"),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only this many images."),
+    upscale: Optional[int] = typer.Option(None, "--upscale", min=1, help="With --detect: enlarge and pad each image this many times first (face crops such as FER2013's, e.g. 3), and also score the same faces' own crops."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Accuracy, per-class precision/recall/F1, confusion matrix and sample grid."""
@@ -312,7 +313,7 @@ def evaluate(
     try:
         result = run_evaluation(
             data=data, weights=weights, split=split, out_dir=out, detect=detect, sequence=sequence,
-            device=device, limit=limit, show_progress=not quiet,
+            device=device, limit=limit, show_progress=not quiet, upscale=upscale,
         )
     except (DatasetError, FileNotFoundError, ValueError) as error:
         raise _fail(str(error))

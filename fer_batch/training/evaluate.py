@@ -44,6 +44,8 @@ class EvaluationResult:
     errors: list[tuple[str, str]] = field(default_factory=list)
     sequence: dict | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    upscale: int | None = None  # --detect --upscale: images enlarged this much before detection
+    direct_accuracy: float | None = None  # then: the same faces' own crops, without detection
 
 
 def resolve_split(data: Path, split: str | None) -> str | None:
@@ -60,10 +62,28 @@ def resolve_split(data: Path, split: str | None) -> str | None:
     raise DatasetError(f"{data}: no <emotion>/ folders and no test/ split; pass --split")
 
 
+def _enlarged(rgb: np.ndarray, upscale: int) -> np.ndarray:
+    """A small face crop made into a photo MTCNN can read: enlarged, with a border of replicated
+    edge (the detector needs context around a face), as fer_batch.training.calibrate does."""
+    import cv2
+
+    from fer_batch.training.calibrate import PAD_FRACTION
+
+    big = cv2.resize(rgb, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC)
+    pad = int(max(rgb.shape[:2]) * upscale * PAD_FRACTION)
+    return cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+
+
 def detect_dataset(
-    root: Path, checkpoint: Checkpoint, device: torch.device, show_progress: bool
-) -> tuple[FaceDataset, list[tuple[str, str]]]:
-    """Crops of the largest face of each photo under <emotion>/ folders; errors for photos without one."""
+    root: Path, checkpoint: Checkpoint, device: torch.device, show_progress: bool, upscale: int | None = None
+) -> tuple[FaceDataset, list[tuple[str, str]], np.ndarray | None]:
+    """Crops of the largest face of each photo under <emotion>/ folders; errors for photos without one.
+
+    With `upscale`, each image (a face crop, such as FER2013's) is enlarged and padded first, and
+    the third value holds the found images' own crops, resized to the model's size, to score
+    the same faces without detection."""
+    import cv2
+
     from fer_batch.detection import FaceDetector
     from fer_batch.media import Frame, MediaError, read_image
     from fer_batch.preprocess import align_face, to_grayscale
@@ -78,14 +98,16 @@ def detect_dataset(
         files += [(path, label) for path in sorted(folder.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DatasetError(f"{root}: no images under <emotion>/ folders")
-    crops, labels, names, errors = [], [], [], []
+    crops, labels, names, errors, direct = [], [], [], [], []
+    size = checkpoint.preprocessing.crop_size
     for path, label in tqdm(files, desc="detect", disable=not show_progress):
         name = str(path.relative_to(root))
         try:
-            rgb = read_image(path)
+            original = read_image(path)
         except MediaError as error:
             errors.append((name, error.message))
             continue
+        rgb = _enlarged(original, upscale) if upscale else original
         faces = detector.detect([Frame(None, 0, 0.0, rgb)])
         if not len(faces):
             errors.append((name, "no face detected"))
@@ -94,13 +116,14 @@ def detect_dataset(
         crops.append(align_face(to_grayscale(rgb), faces.landmarks[largest], checkpoint.preprocessing))
         labels.append(label)
         names.append(name)
+        if upscale:
+            direct.append(cv2.resize(to_grayscale(original), (size, size), interpolation=cv2.INTER_AREA))
     if not crops:
         raise DatasetError(f"{root}: no face found in any of {len(files)} photos")
-    size = checkpoint.preprocessing.crop_size
     dataset = FaceDataset(
         np.stack(crops).reshape(-1, size, size), np.array(labels, np.int64), checkpoint.class_names, root.name, names
     )
-    return dataset, errors
+    return dataset, errors, (np.stack(direct) if upscale else None)
 
 
 @torch.no_grad()
@@ -192,6 +215,7 @@ def evaluate(
     device: str = "auto",
     limit: int | None = None,
     show_progress: bool = True,
+    upscale: int | None = None,
 ) -> EvaluationResult:
     data = Path(data)
     if not data.exists():
@@ -201,20 +225,30 @@ def evaluate(
     checkpoint = load_checkpoint(Path(weights) if weights else defaults.default_weights_path())
     model = checkpoint.model.to(torch_device)
     errors: list[tuple[str, str]] = []
+    direct: np.ndarray | None = None
     if detect:
         root = data / split if split else data
-        dataset, errors = detect_dataset(root, checkpoint, torch_device, show_progress)
+        dataset, errors, direct = detect_dataset(root, checkpoint, torch_device, show_progress, upscale)
         split_name = split or root.name
+    elif upscale:
+        raise ValueError("upscale applies to --detect: it enlarges the images before detection")
     else:
         split_name = resolve_split(data, split)
         dataset = load_split(data, split_name, size=checkpoint.preprocessing.crop_size, class_names=checkpoint.class_names)
         split_name = split_name or dataset.split
     if limit is not None and limit < len(dataset):  # a seeded random subset keeps every class
-        dataset = dataset.subset(np.sort(np.random.default_rng(0).permutation(len(dataset))[:limit]))
+        chosen = np.sort(np.random.default_rng(0).permutation(len(dataset))[:limit])
+        dataset = dataset.subset(chosen)
+        direct = direct[chosen] if direct is not None else None
     probabilities = predict_stills(model, dataset, checkpoint.preprocessing, torch_device)
     predicted = probabilities.argmax(1)
     report = classification_report(dataset.labels, predicted, checkpoint.class_names)
     result = EvaluationResult(report, out_dir, checkpoint, str(data), split_name, errors)
+    if direct is not None:  # the same faces, their own crops: what detection and alignment cost
+        own = FaceDataset(direct, dataset.labels, dataset.class_names, dataset.split, dataset.names)
+        own_predicted = predict_stills(model, own, checkpoint.preprocessing, torch_device).argmax(1)
+        result.direct_accuracy = float((own_predicted == dataset.labels).mean())
+        result.upscale = upscale
     if sequence and len(dataset) >= 2 and len(np.unique(dataset.labels)) >= 2:
         result.sequence = sequence_metrics(checkpoint, dataset, torch_device)
     _write_artifacts(result, dataset, predicted, probabilities)
@@ -234,6 +268,8 @@ def _write_artifacts(result: EvaluationResult, dataset: FaceDataset, predicted: 
         "tta_flip": result.checkpoint.preprocessing.tta_flip,
         **report.to_dict(),
         "detection_errors": len(result.errors),
+        "upscale": result.upscale,
+        "direct_accuracy_same_faces": result.direct_accuracy,
         "sequence": result.sequence,
     }
     files = result.files
@@ -343,6 +379,12 @@ def print_evaluation(result: EvaluationResult, console: Console) -> None:
     )
     if result.errors:
         console.print(f"[yellow]{len(result.errors)} images had no usable face (listed in errors.csv)[/]")
+    if result.direct_accuracy is not None:
+        console.print(
+            f"through detection (images enlarged {result.upscale}x): {report.accuracy:.2%} on the "
+            f"{int(report.support.sum())} faces found; the same faces' own crops: {result.direct_accuracy:.2%} "
+            f"({(report.accuracy - result.direct_accuracy) * 100:+.2f} points)"
+        )
     if result.sequence:
         for mode in TEMPORAL_ROWS:
             row = result.sequence[mode]
