@@ -224,7 +224,8 @@ def run_unit(unit: WorkUnit, annotator: Any, options: RunOptions, classifier: An
             source = unit.sources[run.number]
             batches = [faces for faces in collected.pop(run.number, []) if len(faces)]
             faces = Faces.concat(batches) if batches else Faces.empty(source.relative, source.media_type)
-            crops = faces.crops if faces.crops is not None else np.empty((0, 48, 48), np.uint8)
+            size = classifier.preprocessing.crop_size
+            crops = faces.crops if faces.crops is not None else np.empty((0, size, size), np.uint8)
             features = np.concatenate(
                 [classifier.encode(crops[start:start + options.batch_size]) for start in range(0, len(crops), options.batch_size)]
             ) if len(crops) else classifier.encode(crops)
@@ -285,7 +286,7 @@ def stitch_segments(pieces: list[SourcePiece], owned_starts: list[int], min_iou:
 
 
 def classify_tracks(classifier: Any, faces: Faces, features: np.ndarray) -> np.ndarray:
-    """Probabilities per face: the GRU over each track's features in frame order."""
+    """Probabilities per face: the temporal stage (GRU and filter) over each track, in frame order."""
     probabilities = np.empty((len(faces), len(classifier.class_names)), np.float32)
     order = np.lexsort((faces.frame_index, faces.track_id))
     starts = np.flatnonzero(np.r_[True, faces.track_id[order][1:] != faces.track_id[order][:-1]])
