@@ -28,7 +28,7 @@ from fer_batch.training.clips import make_clips
 from fer_batch.training.data import IMAGE_SUFFIXES, DatasetError, FaceDataset, load_split
 from fer_batch.training.metrics import ClassificationReport, classification_report, flicker_per_100
 from fer_batch.temporal import backward_for, forward_filter, smooth
-from fer_batch.training.train import predict_stills
+from fer_batch.training.train import clip_probabilities, predict_stills
 
 SEQUENCE_CLIPS = 600
 SEQUENCE_LENGTH = 12
@@ -126,23 +126,6 @@ def detect_dataset(
     return dataset, errors, (np.stack(direct) if upscale else None)
 
 
-@torch.no_grad()
-def clip_probabilities(checkpoint: Checkpoint, frames: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(frame head, CNN-GRU) probabilities, each (B, T, C), of (B, T, 1, H, W) clips."""
-    model = checkpoint.model.to(device).eval()
-    frame_parts, gru_parts = [], []
-    clips_per_batch = max(1, 256 // frames.shape[1])
-    for start in range(0, frames.shape[0], clips_per_batch):
-        chunk = frames[start : start + clips_per_batch]
-        clips, length = chunk.shape[:2]
-        features = model.encode(chunk.flatten(0, 1).to(device), flip_average=checkpoint.preprocessing.tta_flip)
-        features = features.view(clips, length, -1)
-        frame_parts.append(torch.softmax(model.frame_logits(features).float(), dim=-1).cpu())
-        sequence, _ = model.sequence_logits(features)
-        gru_parts.append(torch.softmax(sequence.float(), dim=-1).cpu())
-    return torch.cat(frame_parts).numpy(), torch.cat(gru_parts).numpy()
-
-
 def temporal_labels(frame_probabilities: np.ndarray, gru_probabilities: np.ndarray, mode: str,
                     stay: float = defaults.TEMPORAL_STAY) -> np.ndarray:
     """(B, T) labels of clips in a temporal mode (fer_batch.temporal), or "cnn_gru" for the bare GRU."""
@@ -182,7 +165,8 @@ def sequence_metrics(checkpoint: Checkpoint, dataset: FaceDataset, device: torch
     clips = make_clips(
         dataset, SEQUENCE_CLIPS, SEQUENCE_LENGTH, checkpoint.preprocessing, torch.Generator().manual_seed(seed)
     )
-    frame_probabilities, gru_probabilities = clip_probabilities(checkpoint, clips.frames, device)
+    model = checkpoint.model.to(device)
+    frame_probabilities, gru_probabilities = clip_probabilities(model, clips.frames, checkpoint.preprocessing, device)
     truth = clips.labels.numpy()
     steady = ~clips.is_transition.numpy()
     result = {

@@ -139,22 +139,30 @@ def predict_stills(
 
 
 @torch.no_grad()
-def predict_clips(
+def clip_probabilities(
     model: EmotionNet, frames: torch.Tensor, preprocessing: Preprocessing, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame labels of (B, T, 1, H, W) clips: (CNN alone, CNN-GRU), each (B, T)."""
+    """(frame head, CNN-GRU) probabilities, each (B, T, C), of (B, T, 1, H, W) clips."""
     model.eval()
-    frame_labels, sequence_labels = [], []
+    frame_parts, sequence_parts = [], []
     clips_per_batch = max(1, 256 // frames.shape[1])
     for start in range(0, frames.shape[0], clips_per_batch):
         chunk = frames[start : start + clips_per_batch]
         clips, length = chunk.shape[:2]
         features = model.encode(chunk.flatten(0, 1).to(device), flip_average=preprocessing.tta_flip)
         features = features.view(clips, length, -1)
-        frame_labels.append(model.frame_logits(features).argmax(-1).cpu())
+        frame_parts.append(torch.softmax(model.frame_logits(features).float(), dim=-1).cpu())
         sequence, _ = model.sequence_logits(features)
-        sequence_labels.append(sequence.argmax(-1).cpu())
-    return torch.cat(frame_labels).numpy(), torch.cat(sequence_labels).numpy()
+        sequence_parts.append(torch.softmax(sequence.float(), dim=-1).cpu())
+    return torch.cat(frame_parts).numpy(), torch.cat(sequence_parts).numpy()
+
+
+def predict_clips(
+    model: EmotionNet, frames: torch.Tensor, preprocessing: Preprocessing, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame labels of (B, T, 1, H, W) clips: (CNN alone, CNN-GRU), each (B, T)."""
+    frame_probabilities, sequence_probabilities = clip_probabilities(model, frames, preprocessing, device)
+    return frame_probabilities.argmax(-1), sequence_probabilities.argmax(-1)
 
 
 class Trainer:
