@@ -26,6 +26,14 @@ PAD_FRACTION = 0.25
 MIN_FACE_SIZE = 60  # the subject's face, not small faces in the padding
 
 
+def enlarge_for_detection(image: np.ndarray, upscale: int = UPSCALE) -> np.ndarray:
+    """A small face crop made into a picture MTCNN can read: enlarged, with a border of replicated
+    edge PAD_FRACTION of the enlarged side wide (the detector needs context around a face)."""
+    pad = int(max(image.shape[:2]) * upscale * PAD_FRACTION)
+    big = cv2.resize(image, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC)
+    return cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+
+
 def measure_landmarks(images: np.ndarray, detector: FaceDetector, batch: int = 32) -> np.ndarray:
     """(M, 5, 2) landmarks in 48x48 coordinates for the images where one face was found."""
     size = images.shape[1]
@@ -34,8 +42,7 @@ def measure_landmarks(images: np.ndarray, detector: FaceDetector, batch: int = 3
     for start in range(0, len(images), batch):
         frames = []
         for image in images[start : start + batch]:
-            big = cv2.resize(image, None, fx=UPSCALE, fy=UPSCALE, interpolation=cv2.INTER_CUBIC)
-            big = cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            big = enlarge_for_detection(image)
             frames.append(Frame(None, len(frames), 0.0, cv2.cvtColor(big, cv2.COLOR_GRAY2RGB)))
         faces = detector.detect(frames, min_face_size=MIN_FACE_SIZE)
         areas = faces.box_areas()

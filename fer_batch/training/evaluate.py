@@ -62,18 +62,6 @@ def resolve_split(data: Path, split: str | None) -> str | None:
     raise DatasetError(f"{data}: no <emotion>/ folders and no test/ split; pass --split")
 
 
-def _enlarged(rgb: np.ndarray, upscale: int) -> np.ndarray:
-    """A small face crop made into a photo MTCNN can read: enlarged, with a border of replicated
-    edge (the detector needs context around a face), as fer_batch.training.calibrate does."""
-    import cv2
-
-    from fer_batch.training.calibrate import PAD_FRACTION
-
-    big = cv2.resize(rgb, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC)
-    pad = int(max(rgb.shape[:2]) * upscale * PAD_FRACTION)
-    return cv2.copyMakeBorder(big, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-
-
 def detect_dataset(
     root: Path, checkpoint: Checkpoint, device: torch.device, show_progress: bool, upscale: int | None = None
 ) -> tuple[FaceDataset, list[tuple[str, str]], np.ndarray | None]:
@@ -87,6 +75,7 @@ def detect_dataset(
     from fer_batch.detection import FaceDetector
     from fer_batch.media import Frame, MediaError, read_image
     from fer_batch.preprocess import align_face, to_grayscale
+    from fer_batch.training.calibrate import enlarge_for_detection
 
     detector = FaceDetector(device=device)
     files: list[tuple[Path, int]] = []
@@ -107,7 +96,7 @@ def detect_dataset(
         except MediaError as error:
             errors.append((name, error.message))
             continue
-        rgb = _enlarged(original, upscale) if upscale else original
+        rgb = enlarge_for_detection(original, upscale) if upscale else original
         faces = detector.detect([Frame(None, 0, 0.0, rgb)])
         if not len(faces):
             errors.append((name, "no face detected"))
