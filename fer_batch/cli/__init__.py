@@ -78,13 +78,18 @@ def annotate(
     console = Console(stderr=True, quiet=quiet, soft_wrap=True)
     if engine not in defaults.ENGINES:
         raise _fail(f"unknown --engine {engine!r}; use one of {', '.join(defaults.ENGINES)}")
+    if report is not None and report.suffix.lower() not in {".html", ".htm"}:
+        raise _fail(f"--report must name an .html file, got {report}")
+    run_values = dict(  # the RunOptions fields, by their own names (fer_batch.options)
+        glob=tuple(glob), exclude=tuple(exclude), every_nth=every_nth, fps=fps, max_frames=max_frames,
+        threshold=threshold, min_face_size=min_face_size, detect_scale=detect_scale, detect_every=detect_every,
+        detect_batch=detect_batch, batch_size=batch_size, track_iou=track_iou, max_missed=max_missed,
+        temporal=temporal,
+    )
     if engine == "ray":
         _annotate_on_ray(
             paths, out, resume, console, quiet, json_summary, report, render, ray_address, workers, segment_seconds,
-            dict(glob=tuple(glob), exclude=tuple(exclude), every_nth=every_nth, fps=fps, max_frames=max_frames,
-                 threshold=threshold, min_face_size=min_face_size, detect_scale=detect_scale, detect_every=detect_every,
-                 detect_batch=detect_batch, batch_size=batch_size, track_iou=track_iou, max_missed=max_missed,
-                 temporal=temporal, device=device, weights=str(weights) if weights else None, threads=threads),
+            {**run_values, "device": device, "weights": str(weights) if weights else None, "threads": threads},
         )
         return
     out = Path(out)
@@ -103,14 +108,7 @@ def annotate(
             raise ValueError("--resume continues a dataset directory; give --out a directory such as results/")
         if output_format == "dataset":
             prepare_directory(out, resume)
-        if report is not None and report.suffix.lower() not in {".html", ".htm"}:
-            raise ValueError(f"--report must name an .html file, got {report}")
-        options = RunOptions(
-            glob=tuple(glob), exclude=tuple(exclude), every_nth=every_nth, fps=fps, max_frames=max_frames,
-            threshold=threshold, min_face_size=min_face_size, detect_scale=detect_scale, detect_every=detect_every,
-            detect_batch=detect_batch, batch_size=batch_size, track_iou=track_iou, max_missed=max_missed,
-            temporal=temporal,
-        )
+        options = RunOptions(**run_values)
         sources, unsupported = discover_sources(paths, options.glob, options.exclude)
     except (InputPathError, OutputPathError, DatasetError, ValueError) as error:
         raise _fail(str(error))
