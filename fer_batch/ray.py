@@ -493,7 +493,6 @@ def annotate_to_directory(
     filesystem.create_dir(root, recursive=True)
     faces = stitched.map_batches(_face_rows, batch_format="numpy", batch_size=None)
     faces.write_parquet(root, filesystem=filesystem, filename_provider=_PartNames())
-    rows = faces.count()
     summaries = [item for blob in stitched.select_columns(["summaries"]).to_pandas()["summaries"] for item in pickle.loads(blob)]
     summaries.sort(key=lambda item: item[0])
     names = tuple(plan.metadata.class_names)
@@ -514,6 +513,7 @@ def annotate_to_directory(
         pq.write_table(table, f"{root}/{name}.parquet", filesystem=filesystem, compression="zstd")
     with filesystem.open_output_stream(f"{root}/{DATASET_RUN_DOCUMENT}") as stream:
         stream.write(metadata.to_json().encode())
+    rows = int(summary.sources.faces.sum()) if len(summary.sources) else 0  # one row per face: no second pass over the data
     return RayResult(str(out), rows, summary, len(plan.units))
 
 
