@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,6 +231,7 @@ class Checkpoint:
     path: Path | None = None
     sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"  # the encoder's arithmetic: fp32 or int8 (fer_batch.quantize)
 
     @property
     def name(self) -> str:
@@ -299,7 +301,9 @@ def read_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        with warnings.catch_warnings():  # int8 encoders (fer_batch.quantize) unpickle through deprecated paths
+            warnings.filterwarnings("ignore", message=r".*(TypedStorage is deprecated|quantized tensor creation).*")
+            payload = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:  # noqa: BLE001 - torch raises many kinds for a bad file
         raise ValueError(f"{path}: not a readable fer-batch checkpoint ({error})") from error
     if not isinstance(payload, dict) or not ("model_state" in payload or ENSEMBLE_KEY in payload):
@@ -357,20 +361,36 @@ def _member_from_payload(payload: dict[str, Any]) -> EmotionNet:
     return member
 
 
-def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Rebuild the model from a checkpoint file; labels and preprocessing come from the file."""
+def load_checkpoint(
+    path: Path | str,
+    map_location: str | torch.device = "cpu",
+    precision: str = "fp32",
+    device: torch.device | str = "cpu",
+) -> Checkpoint:
+    """Rebuild the model from a checkpoint file; labels and preprocessing come from the file.
+
+    `precision` (auto, fp32, int8) is the encoder's arithmetic on `device`, where the model
+    will run: int8 swaps in the int8 encoders the file stores (fer_batch.quantize).
+    """
+    from fer_batch.quantize import INT8_KEY, apply_int8, resolve_precision
+
     path = Path(path)
     payload = read_checkpoint(path, map_location)
+    resolved = resolve_precision(precision, torch.device(device), INT8_KEY in payload)
     members = [_member_from_payload(member) for member in checkpoint_members(payload, str(path))]
     model: EmotionModel = EmotionEnsemble(members) if ENSEMBLE_KEY in payload else members[0]
+    preprocessing = Preprocessing.from_dict(payload["preprocessing"])
     # channels_last: the layout oneDNN / cuDNN convolve fastest (about 1.3x on CPU), as in training.
     model.to(memory_format=torch.channels_last).eval()
-    known = {"format", "model_config", "class_names", "preprocessing", "model_state", ENSEMBLE_KEY}
+    if resolved == "int8":
+        apply_int8(model, payload[INT8_KEY], preprocessing.crop_size)
+    known = {"format", "model_config", "class_names", "preprocessing", "model_state", ENSEMBLE_KEY, INT8_KEY}
     return Checkpoint(
         model=model,
         class_names=tuple(payload["class_names"]),
-        preprocessing=Preprocessing.from_dict(payload["preprocessing"]),
+        preprocessing=preprocessing,
         path=path,
         sha256=file_sha256(path),
         extra={key: value for key, value in payload.items() if key not in known},
+        precision=resolved,
     )

@@ -3,7 +3,7 @@
 `--detect-scale` is `detect_scale` here, in `fer_batch.annotate(..., detect_scale=0.5)`
 and in the metadata of every output. Options come in two groups:
 
-- `ModelOptions` (device, weights, threads) decide what an `Annotator` loads; changing
+- `ModelOptions` (device, weights, threads, precision) decide what an `Annotator` loads; changing
   them means loading again.
 - `RunOptions` (everything else) are per run: one loaded annotator runs with any of them.
 
@@ -22,15 +22,21 @@ from fer_batch import defaults
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """What an Annotator loads: on which device, which weights, with how many CPU threads."""
+    """What an Annotator loads: on which device, which weights, with how many CPU threads, in
+    which arithmetic (precision: auto, fp32 or int8; fer_batch.quantize)."""
 
     device: str = defaults.DEVICE
     weights: str | None = None  # None: the checkpoint shipped inside the package
     threads: int | None = None  # None: the CPUs this process may use
+    precision: str = defaults.PRECISION
 
     def __post_init__(self) -> None:
+        from fer_batch.quantize import PRECISIONS
+
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.weights is not None and not isinstance(self.weights, str):
             object.__setattr__(self, "weights", str(self.weights))
 

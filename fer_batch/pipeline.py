@@ -427,11 +427,14 @@ class Annotator:
         weights: str | Path | None = None,
         threads: int | None = None,
         checkpoint: Checkpoint | None = None,
+        precision: str = defaults.PRECISION,
     ) -> None:
-        self.model_options = ModelOptions(device, str(weights) if weights else None, threads)
+        self.model_options = ModelOptions(device, str(weights) if weights else None, threads, precision)
         self.threads = configure_threads(threads)
         self.device = resolve_device(device)
-        self.checkpoint = checkpoint or load_checkpoint(weights or defaults.default_weights_path())
+        self.checkpoint = checkpoint or load_checkpoint(
+            weights or defaults.default_weights_path(), precision=precision, device=self.device
+        )
         self.detector = FaceDetector(self.device)
 
     @property
@@ -520,6 +523,7 @@ class AnnotationRun:
             weights_sha256=annotator.checkpoint.sha256 or "",
             class_names=list(self.class_names),
             device=str(annotator.device),
+            precision=annotator.checkpoint.precision,
             options=options_document(annotator.model_options, self.options),
             inputs=self.inputs,
             source_paths={source.relative: str(source.path.resolve()) for source in self.sources},

@@ -45,6 +45,7 @@ class RunMetadata:
     inputs: list[str] = field(default_factory=list)
     source_paths: dict[str, str] = field(default_factory=dict)  # source name -> absolute path
     elapsed_s: float | None = None
+    precision: str = "fp32"  # the encoder's arithmetic as run (fp32, int8); --precision may say auto
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

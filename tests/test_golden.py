@@ -14,6 +14,17 @@ bidirectional`, fer_batch.temporal): the same 574 rows, track ids and boxes (wit
 the photos' probabilities are unchanged (a still is a sequence of one), the video's are
 smoothed forward and backward: 80 % of its labels are as before, and label changes inside
 tracks of 30+ frames fell from 23.0 to 2.0 per 100 frames.
+
+Regenerated on 2026-11-26 (later) for int8 inference, the new CPU default (`--precision auto`,
+fer_batch.quantize): the same 574 rows, track ids, boxes and landmarks (identical); the photos'
+labels are all as before, 98.6 % of the video's; probabilities moved by 0.004 on average
+(at most 0.15, on a face between two emotions).
+
+The emotion answers (probabilities, labels, their per-track and per-source summaries) are
+compared within int8's rounding: oneDNN's int8 kernels for other instruction sets (AVX-512
+VNNI, AMX) may round a requantised activation the other way, which moves a probability by
+about 1e-3 and may flip a face that sits on a tie between two emotions. Everything the
+detector and tracker produce stays exact.
 """
 
 from __future__ import annotations
@@ -30,13 +41,27 @@ def _sorted(frame: pd.DataFrame, key: list[str]) -> pd.DataFrame:
     return frame.sort_values(key).reset_index(drop=True)
 
 
+ANSWER_PREFIXES = ("prob_", "mean_prob_", "share_")
+ANSWER_LABELS = ("emotion", "dominant_emotion")
+
+
+def _is_answer(column: str) -> bool:
+    return column.startswith(ANSWER_PREFIXES) or column in ANSWER_LABELS or column == "confidence"
+
+
 def _assert_same_table(actual: pd.DataFrame, expected: pd.DataFrame, key: list[str]) -> None:
     assert list(actual.columns) == list(expected.columns)
     assert dict(actual.dtypes) == dict(expected.dtypes)
     actual, expected = _sorted(actual, key), _sorted(expected, key)
     assert len(actual) == len(expected)
     for column in expected.columns:
-        if expected[column].dtype.kind == "f":
+        if _is_answer(column):  # within int8 rounding across CPUs (see the module docstring)
+            if expected[column].dtype.kind == "f":
+                assert np.abs(actual[column].to_numpy() - expected[column].to_numpy()).max() <= 0.01, column
+            else:
+                differing = int((actual[column] != expected[column]).sum())
+                assert differing <= max(1, len(expected) // 100), (column, differing)
+        elif expected[column].dtype.kind == "f":
             # rtol: a box coordinate of a few hundred pixels may move by one float32 step (3e-5) when
             # a network runs at another batch size; that is rounding, not a change of behaviour.
             assert np.allclose(actual[column], expected[column], atol=1e-5, rtol=1e-6), column

@@ -35,7 +35,7 @@ def test_a_wrong_option_name_is_a_type_error_that_lists_the_valid_ones():
     assert "'detection_scale'" in str(error.value) and "detect_scale" in str(error.value)
     import fer_batch
 
-    with pytest.raises(TypeError, match="valid options are: device, weights, threads, glob"):
+    with pytest.raises(TypeError, match="valid options are: device, weights, threads, precision, glob"):
         fer_batch.annotate(["nowhere"], target_fps=2)
 
 
@@ -45,6 +45,8 @@ def test_options_split_into_what_is_loaded_and_what_is_per_run():
     assert run == RunOptions(detect_scale=0.5, glob=("*.mp4",))
     with pytest.raises(ValueError, match="detect_scale must be in"):
         RunOptions(detect_scale=0)
+    with pytest.raises(ValueError, match="unknown precision 'fp16'; use one of auto, fp32, int8"):
+        ModelOptions(precision="fp16")
 
 
 def test_an_annotator_runs_with_other_run_options_but_refuses_other_model_options(media_dir, annotator):

@@ -29,6 +29,8 @@ app = typer.Typer(
 EXIT_NOTHING_PROCESSED = 1
 EXIT_USAGE = 2
 EXIT_OUTPUT_FAILED = 3  # the output could not be written (disk full, file size limit)
+PRECISION_HELP = ("The encoder's arithmetic: auto (int8 on a CPU when the weights carry int8 encoders, "
+                  "else fp32), fp32 or int8 (CPU only).")
 EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C (SIGINT); SIGTERM gives the same
 
 
@@ -65,6 +67,7 @@ def annotate(
     device: str = typer.Option(defaults.DEVICE, "--device", help="auto, cpu or cuda."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint to use instead of the shipped weights."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch, OpenCV and the video decoder (default: the CPUs this process may use)."),
+    precision: str = typer.Option(defaults.PRECISION, "--precision", help=PRECISION_HELP),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report here."),
     render: Optional[Path] = typer.Option(None, "--render", help="Also write annotated copies of the inputs into this folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary on the terminal."),
@@ -89,7 +92,8 @@ def annotate(
     if engine == "ray":
         _annotate_on_ray(
             paths, out, resume, console, quiet, json_summary, report, render, ray_address, workers, segment_seconds,
-            {**run_values, "device": device, "weights": str(weights) if weights else None, "threads": threads},
+            {**run_values, "device": device, "weights": str(weights) if weights else None, "threads": threads,
+             "precision": precision},
         )
         return
     out = Path(out)
@@ -115,7 +119,7 @@ def annotate(
     if not sources and not unsupported:
         raise _fail("no images or videos found under the given paths", EXIT_NOTHING_PROCESSED)
     try:
-        annotator = Annotator(device=device, weights=weights, threads=threads)
+        annotator = Annotator(device=device, weights=weights, threads=threads, precision=precision)
     except (FileNotFoundError, ValueError) as error:
         raise _fail(str(error))
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
@@ -299,6 +303,7 @@ def evaluate(
     detect: bool = typer.Option(False, "--detect", help="Images are whole photos: detect and crop the largest face first."),
     sequence: bool = typer.Option(True, "--sequence/--no-sequence", help="Also score synthetic clips (CNN vs CNN-GRU)."),
     device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option(defaults.PRECISION, "--precision", help=PRECISION_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Evaluate only this many images."),
     upscale: Optional[int] = typer.Option(None, "--upscale", min=1, help="With --detect: enlarge and pad each image this many times first (face crops such as FER2013's, e.g. 3), and also score the same faces' own crops."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -311,7 +316,7 @@ def evaluate(
     try:
         result = run_evaluation(
             data=data, weights=weights, split=split, out_dir=out, detect=detect, sequence=sequence,
-            device=device, limit=limit, show_progress=not quiet, upscale=upscale,
+            device=device, limit=limit, show_progress=not quiet, upscale=upscale, precision=precision,
         )
     except (DatasetError, FileNotFoundError, ValueError) as error:
         raise _fail(str(error))
@@ -327,6 +332,7 @@ def serve(
     device: str = typer.Option(defaults.DEVICE, "--device", help="auto, cpu or cuda."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint to use instead of the shipped weights."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch, OpenCV and the video decoder."),
+    precision: str = typer.Option(defaults.PRECISION, "--precision", help=PRECISION_HELP),
 ) -> None:
     """A local web page to try the tool: upload photos or videos, watch progress, see and download the results."""
     console = Console(stderr=True, soft_wrap=True)
@@ -340,7 +346,7 @@ def serve(
     console.print(f"fer serve: open [bold]http://{'localhost' if host in {'127.0.0.1', '::1'} else host}:{port}/[/]"
                   f" (work folder {escape(str(work_dir))}; Ctrl-C stops)")
     run_server(host, port, work_dir=work_dir, max_upload_mb=max_upload_mb,
-               make_annotator=lambda: Annotator(device=device, weights=weights, threads=threads))
+               make_annotator=lambda: Annotator(device=device, weights=weights, threads=threads, precision=precision))
 
 
 def main() -> None:

@@ -189,13 +189,16 @@ def evaluate(
     limit: int | None = None,
     show_progress: bool = True,
     upscale: int | None = None,
+    precision: str = defaults.PRECISION,
 ) -> EvaluationResult:
     data = Path(data)
     if not data.exists():
         raise DatasetError(f"{data}: dataset path does not exist")
     out_dir = Path(out_dir)
     torch_device = resolve_device(device)
-    checkpoint = load_checkpoint(Path(weights) if weights else defaults.default_weights_path())
+    checkpoint = load_checkpoint(
+        Path(weights) if weights else defaults.default_weights_path(), precision=precision, device=torch_device
+    )
     model = checkpoint.model.to(torch_device)
     errors: list[tuple[str, str]] = []
     direct: np.ndarray | None = None
@@ -239,6 +242,7 @@ def _write_artifacts(result: EvaluationResult, dataset: FaceDataset, predicted: 
         "data": result.data,
         "split": result.split,
         "tta_flip": result.checkpoint.preprocessing.tta_flip,
+        "precision": result.checkpoint.precision,
         **report.to_dict(),
         "detection_errors": len(result.errors),
         "upscale": result.upscale,
@@ -338,7 +342,7 @@ weights sha256 <code>{html.escape(result.checkpoint.sha256 or "")}</code>.</p>
 
 def print_evaluation(result: EvaluationResult, console: Console) -> None:
     report = result.report
-    table = Table(title=escape(f"{result.checkpoint.name} on {result.data} [{result.split}]"))
+    table = Table(title=escape(f"{result.checkpoint.name} ({result.checkpoint.precision}) on {result.data} [{result.split}]"))
     for column in ("emotion", "precision", "recall", "F1", "support"):
         table.add_column(column, justify="right" if column != "emotion" else "left")
     for index, name in enumerate(report.class_names):
