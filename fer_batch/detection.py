@@ -19,6 +19,7 @@ import torch
 from fer_batch import defaults
 from fer_batch.faces import Faces
 from fer_batch.media import Frame
+from fer_batch.mtcnn import crop_box, detect_batch, normalise_pixels
 from fer_batch.runtime import bucket_size
 
 
@@ -58,14 +59,16 @@ def load_mtcnn_networks(device: torch.device) -> "object":
 
 
 class FaceDetector:
-    """Batched MTCNN detection of RGB uint8 frames; loaded once, used with any run's options."""
+    """Batched MTCNN detection of RGB uint8 frames; loaded once, used with any run's options.
+
+    facenet-pytorch supplies the networks and their weights; the stages run in
+    `fer_batch.mtcnn`, which crops each stage's candidates in one call.
+    """
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
-        from facenet_pytorch.models.utils.detect_face import detect_face
-
         self.device = torch.device(device)
-        self._detect_face = detect_face
         self._mtcnn = load_mtcnn_networks(self.device)
+        self._pnet = self._mtcnn.pnet.to(memory_format=torch.channels_last).eval()
         self._rnet = BucketedBatches(self._mtcnn.rnet).eval()
         self._onet = BucketedBatches(self._mtcnn.onet).eval()
 
@@ -122,42 +125,19 @@ class FaceDetector:
         return Faces.concat(parts)
 
     def _run_mtcnn(self, batch: np.ndarray, min_size: float, thresholds: list[float]) -> tuple[list, list]:
-        """facenet-pytorch's detect_face on a batch of frames. It fails with `torch.cat(): expected
-        a non-empty list` when its proposals all fall outside a frame (seen on tiny images); then
-        each frame is tried alone, and a frame that fails again has no faces."""
-        mtcnn = self._mtcnn
-
-        def detect(frames: np.ndarray) -> tuple[list, list]:
-            with torch.no_grad():
-                return self._detect_face(
-                    frames, min_size, mtcnn.pnet, self._rnet, self._onet, thresholds, mtcnn.factor, self.device
-                )
-
-        try:
-            return detect(batch)
-        except (RuntimeError, ValueError) as error:  # torch raises either, by version
-            if "non-empty list of Tensors" not in str(error):
-                raise
-        boxes, points = [], []
-        for frame in batch:
-            try:
-                frame_boxes, frame_points = detect(frame[None])
-                boxes.append(frame_boxes[0])
-                points.append(frame_points[0])
-            except (RuntimeError, ValueError) as error:
-                if "non-empty list of Tensors" not in str(error):
-                    raise
-                boxes.append(np.zeros((0, 5)))
-                points.append(np.zeros((0, 5, 2)))
-        return boxes, points
+        """MTCNN's three stages on a batch of frames (fer_batch.mtcnn): per frame, boxes with
+        scores and landmarks."""
+        return detect_batch(batch, min_size, self._pnet, self._rnet, self._onet, thresholds, self._mtcnn.factor,
+                            self.device)
 
     def refine(self, frame: Frame, boxes: np.ndarray, source: str = "", media_type: str = "video") -> Faces:
         """O-Net on (N, 4) boxes of one frame, in original pixels: the same N faces with refined
         boxes, landmarks and O-Net's score (`detected` False: no full detection ran).
 
         Each box is made square around its centre, as R-Net's proposals are, cropped and
-        resized to 48x48 with area interpolation as facenet-pytorch does, then corrected by
-        O-Net's box regression; its landmarks are placed as facenet-pytorch places them.
+        resized to 48x48 exactly as detection's third stage crops its candidates
+        (fer_batch.mtcnn.crop_box), then corrected by O-Net's box regression; its landmarks
+        are placed as facenet-pytorch places them.
         """
         from facenet_pytorch.models.utils.detect_face import bbreg, rerec
 
@@ -167,17 +147,15 @@ class FaceDetector:
             return Faces.of_frame(source, media_type, frame.index, frame.timestamp_s, (width, height),
                                   np.empty((0, 4)), np.empty((0, 5, 2)), np.empty(0), detected=False)
         squares = rerec(torch.tensor(boxes, dtype=torch.float64))
-        corners = squares.trunc().long().numpy()  # facenet's pad(): 1-based, clipped to the frame
-        x0, y0 = np.maximum(corners[:, 0], 1) - 1, np.maximum(corners[:, 1], 1) - 1
-        x1, y1 = np.minimum(corners[:, 2], width), np.minimum(corners[:, 3], height)
-        crops = np.zeros((count, 48, 48, 3), np.uint8)
-        valid = (x1 > x0) & (y1 > y0)
-        for row in np.flatnonzero(valid):
-            region = frame.rgb[y0[row] : y1[row], x0[row] : x1[row]]
-            crops[row] = cv2.resize(region, (48, 48), interpolation=cv2.INTER_AREA)
-        inputs = torch.from_numpy(crops).permute(0, 3, 1, 2).float().to(self.device)
+        pixels = torch.from_numpy(frame.rgb).to(self.device)
+        crops = torch.zeros((count, 3, 48, 48), device=self.device)
+        valid = np.zeros(count, bool)
+        for row, square in enumerate(squares):
+            crop = crop_box(pixels, square, 48)
+            if crop is not None:
+                crops[row], valid[row] = crop, True
         with torch.no_grad():
-            regression, points, probabilities = self._onet((inputs - 127.5) * 0.0078125)
+            regression, points, probabilities = self._onet(normalise_pixels(crops))
         regression, points = regression.cpu().double(), points.cpu().double()
         scores = np.where(valid, probabilities[:, 1].cpu().numpy(), 0.0)
         box_width = (squares[:, 2] - squares[:, 0] + 1)[:, None]

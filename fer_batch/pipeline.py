@@ -44,7 +44,7 @@ from fer_batch.results import RunMetadata
 from fer_batch.runtime import configure_threads, resolve_device
 from fer_batch.statistics import ErrorRecord, RunStatistics, RunSummary
 from fer_batch.temporal import backward_for, look_ahead_end, smooth
-from fer_batch.tracking import IoUTracker
+from fer_batch.tracking import IoUTracker, box_iou
 
 
 # -- events ---------------------------------------------------------------------------
@@ -219,7 +219,12 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -
     """Give every face a track id: per video an IoU tracker; on frames between detector keyframes
     `refine` (MTCNN's last stage) turns each live track's predicted box into a real box, landmarks
     and score, and tracks that score under `defaults.REFINE_THRESHOLD` (or `threshold`, if lower)
-    miss. In an image each face is its own track, numbered left to right."""
+    miss. In an image each face is its own track, numbered left to right.
+
+    A face that the next keyframe of the same detector window finds, and no track follows, is
+    looked for on the frames before it (a batch tool has them): where O-Net, at the keyframe's
+    box, scores it at `threshold` or more, its track starts there instead of at the keyframe.
+    """
     tracker = IoUTracker(options.track_iou, options.max_missed)
 
     def refined_faces(frame: Frame, source: MediaSource) -> Faces:
@@ -228,16 +233,39 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -
         keep = refined.det_score >= min(options.threshold, defaults.REFINE_THRESHOLD)
         return tracker.update_tracks(frame.index, refined.select(keep))
 
+    def early_faces(frame: Frame, upcoming: Faces, upcoming_index: int, present: Faces, source: MediaSource) -> Faces:
+        """Faces of the next keyframe that no track follows, found already on `frame` (and not on
+        a face `present` there): new tracks."""
+        _, predicted = tracker.predictions(upcoming_index)
+        boxes = upcoming.boxes.astype(np.float64)
+        followed = np.zeros(len(boxes), bool)
+        if len(predicted):
+            followed = box_iou(boxes, predicted).max(axis=1) >= options.track_iou
+        if followed.all():
+            return Faces.empty(source.relative, source.media_type)
+        found = refine(frame, boxes[~followed], source.relative, source.media_type)
+        new = found.det_score >= options.threshold
+        if len(present):
+            new &= box_iou(found.boxes.astype(np.float64), present.boxes.astype(np.float64)).max(axis=1) < 0.5
+        return tracker.start_tracks(frame.index, found.select(new))
+
     def track(batch: FrameBatch) -> FrameBatch:
         detections = batch.faces
         if batch.run.source.media_type == "image":
             return replace(batch, faces=detections.replace(track_id=np.arange(1, len(detections) + 1, dtype=np.int32)))
         per_frame = []
+        keyframes = [frame.index for frame, detected in zip(batch.frames, batch.detect) if detected]
         for frame, detected in zip(batch.frames, batch.detect):
             if detected:
                 per_frame.append(tracker.update(frame.index, detections.select(detections.frame_index == frame.index)))
-            else:
-                per_frame.append(refined_faces(frame, batch.run.source))
+                continue
+            faces = refined_faces(frame, batch.run.source)
+            upcoming = next((index for index in keyframes if index > frame.index), None)
+            if upcoming is not None:
+                early = early_faces(frame, detections.select(detections.frame_index == upcoming), upcoming, faces,
+                                    batch.run.source)
+                faces = Faces.concat([faces, early]) if len(early) else faces
+            per_frame.append(faces)
         return replace(batch, faces=Faces.concat(per_frame))
 
     for event in events:

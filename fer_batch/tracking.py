@@ -90,6 +90,16 @@ class IoUTracker:
         order = np.argsort(track_ids, kind="stable")
         return frame.select(order).replace(track_id=track_ids[order])
 
+    def start_tracks(self, frame_index: int, frame: Faces) -> Faces:
+        """New tracks for faces known to be no live track's (found ahead of a keyframe); returns
+        them with their new track ids."""
+        track_ids = np.arange(self._next_id, self._next_id + len(frame), dtype=np.int32)
+        self._next_id += len(frame)
+        for row, track_id in enumerate(track_ids.tolist()):
+            box = frame.boxes[row].astype(np.float64)
+            self._tracks.append(_Track(track_id, box, np.zeros(4), frame.landmarks[row], float(frame.det_score[row]), frame_index))
+        return frame.replace(track_id=track_ids)
+
     def predictions(self, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
         """(track ids, predicted boxes (M, 4)) of every live track at `frame_index`, by track id."""
         live = sorted(self._tracks, key=lambda track: track.track_id)

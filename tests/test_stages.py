@@ -215,3 +215,32 @@ def test_refinement_between_keyframes_keeps_ids_and_boxes_on_the_crowd(media_dir
     assert large >= 40 and matched / large >= 0.95  # faces of 40 px and more are all still there
     # One refined track per reference track and back: no id switches, no re-issued ids.
     assert len({a for a, _ in id_pairs}) == len({b for _, b in id_pairs}) == len(id_pairs)
+
+
+def test_a_face_the_next_keyframe_finds_is_tracked_from_the_frames_before_it(media_dir, annotator):
+    """The crowd's frames 0-19 in one detector window (keyframes 0, 5, 10, 15): faces that a keyframe
+    finds and no track followed are looked for on the frames before it. Such tracks start between
+    keyframes, on a real face (the detector on every frame has it there), scored at the threshold."""
+    from fer_batch.tracking import box_iou
+
+    source = MediaSource(media_dir / "walking-crowd-1080p.mp4", "crowd.mp4", "video")
+
+    def faces_of(detect_every: int) -> Faces:
+        options = RunOptions(max_frames=20, detect_every=detect_every, detect_batch=4)
+        events = detect_faces(read_frames([source], options), annotator.detector, options)
+        tracked = track_faces(events, options, annotator.detector.refine)
+        return Faces.concat([event.faces for event in tracked if isinstance(event, FrameBatch)])
+
+    every, keyframed = faces_of(1), faces_of(5)
+    early_starts = []
+    for track in np.unique(keyframed.track_id):
+        rows = np.flatnonzero(keyframed.track_id == track)
+        first = rows[np.argmin(keyframed.frame_index[rows])]
+        if not keyframed.detected[first] and keyframed.frame_index[first] > 0:
+            early_starts.append(first)
+    assert early_starts, "no track started ahead of its keyframe on frames where new faces enter"
+    for row in early_starts:
+        frame = keyframed.frame_index[row]
+        assert frame % 5 != 0 and keyframed.det_score[row] >= RunOptions().threshold
+        reference = every.select(every.frame_index == frame)
+        assert box_iou(keyframed.boxes[row : row + 1].astype(float), reference.boxes.astype(float)).max() >= 0.5

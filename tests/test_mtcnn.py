@@ -1,0 +1,117 @@
+"""fer_batch.mtcnn: MTCNN's stages with every resize of a stage in one call give facenet-pytorch's answers."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from facenet_pytorch.models.utils.detect_face import detect_face, imresample, pad
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn.functional import interpolate
+
+from fer_batch.detection import FaceDetector
+from fer_batch.mtcnn import AreaSampler, crop_box, detect_batch, summed_area_table, summed_area_table_opencv
+
+THRESHOLDS = [0.6, 0.7, 0.9]
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector("cpu")
+
+
+def _frames(seed: int, count: int, height: int, width: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), count=st.integers(1, 3), height=st.integers(1, 70), width=st.integers(1, 70))
+def test_the_opencv_table_is_the_torch_table(seed, count, height, width):
+    """The CPU's integral images equal the cumulative sums a GPU takes (and int64 those in int32)."""
+    pixels = torch.from_numpy(_frames(seed, count, height, width))
+    table = summed_area_table(pixels)
+    assert torch.equal(summed_area_table_opencv(pixels), table)
+    assert torch.equal(summed_area_table(pixels, torch.int64), table.long())
+    assert table[:, -1, -1].tolist() == pixels.long().sum((1, 2)).tolist()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), count=st.integers(1, 3), height=st.integers(12, 90), width=st.integers(12, 90),
+       out_height=st.integers(1, 60), out_width=st.integers(1, 60))
+def test_a_resize_is_area_interpolation(seed, count, height, width, out_height, out_width):
+    """Both the summed-area path (small outputs) and the interpolate path give interpolate(mode="area")."""
+    frames = _frames(seed, count, height, width)
+    expected = interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), size=(out_height, out_width), mode="area")
+    actual = AreaSampler(torch.from_numpy(frames)).resize((out_height, out_width))
+    assert actual.shape == expected.shape
+    assert torch.allclose(actual, expected, rtol=0, atol=3e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), size=st.sampled_from([24, 48]),
+       boxes=st.lists(st.tuples(st.floats(-40, 110), st.floats(-40, 90), st.floats(0.5, 120)), min_size=1, max_size=12))
+def test_crops_are_facenets_crops_one_by_one(seed, size, boxes):
+    """Candidates anywhere, partly or wholly outside the frame, smaller or larger than the crop:
+    each crop is facenet-pytorch's pad + imresample of that box, and boxes with no pixel inside
+    are flagged (facenet-pytorch skips them)."""
+    frames = _frames(seed, 2, 80, 100)
+    corners = torch.tensor([[x, y, x + side, y + side] for x, y, side in boxes], dtype=torch.float64)
+    image_index = torch.tensor([row % 2 for row in range(len(boxes))])
+    crops, outside = AreaSampler(torch.from_numpy(frames)).crops(corners, image_index, size)
+    images = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    top, bottom, left, right = pad(corners.clone(), 100, 80)
+    for row in range(len(boxes)):
+        inside = bottom[row] > top[row] - 1 and right[row] > left[row] - 1
+        assert bool(outside[row]) == (not inside)
+        single = crop_box(torch.from_numpy(frames[image_index[row]]), corners[row], size)  # refine's crops
+        assert (single is None) == (not inside)
+        if inside:
+            region = images[image_index[row], :, top[row] - 1 : bottom[row], left[row] - 1 : right[row]].unsqueeze(0)
+            assert torch.allclose(crops[row], imresample(region, (size, size))[0], rtol=0, atol=3e-5)
+            assert torch.allclose(single, crops[row], rtol=0, atol=3e-5)
+
+
+def _shared_frames(media_dir) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(media_dir / "walking-crowd-1080p.mp4"))
+    frames = []
+    for index in range(61):
+        ok, bgr = capture.read()
+        assert ok
+        if index in (0, 60):
+            frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    capture.release()
+    return frames
+
+
+def test_detections_equal_facenet_pytorch_on_real_frames(detector, media_dir):
+    """Two 1080p crowd frames as one batch, and the group photo: the same faces, boxes, scores and
+    landmarks as facenet-pytorch's detect_face with the same networks."""
+    mtcnn = detector._mtcnn
+    group = cv2.cvtColor(cv2.imread(str(media_dir / "group-six-faces.jpg")), cv2.COLOR_BGR2RGB)
+    for batch in (np.stack(_shared_frames(media_dir)), group[None]):
+        with torch.no_grad():
+            expected_boxes, expected_points = detect_face(
+                batch, 20, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, THRESHOLDS, mtcnn.factor, torch.device("cpu")
+            )
+        boxes, points = detect_batch(batch, 20, detector._pnet, detector._rnet, detector._onet, THRESHOLDS,
+                                     mtcnn.factor, torch.device("cpu"))
+        assert len(boxes) == len(batch)
+        for frame in range(len(batch)):
+            expected = np.asarray(expected_boxes[frame], np.float64).reshape(-1, 5)
+            assert len(expected) >= 3  # real faces, not an empty comparison
+            order, expected_order = np.argsort(boxes[frame][:, 0]), np.argsort(expected[:, 0])
+            np.testing.assert_allclose(boxes[frame][order, :4], expected[expected_order, :4], atol=0.01)
+            np.testing.assert_allclose(boxes[frame][order, 4], expected[expected_order, 4], atol=1e-4)
+            np.testing.assert_allclose(points[frame][order], np.asarray(expected_points[frame], np.float64)[expected_order], atol=0.01)
+
+
+def test_frames_without_candidates_give_empty_answers(detector):
+    """facenet-pytorch fails on these (`torch.cat(): expected a non-empty list`); here they are empty."""
+    mtcnn = detector._mtcnn
+    for frames in (np.full((2, 120, 160, 3), 128, np.uint8), np.zeros((1, 11, 30, 3), np.uint8)):
+        boxes, points = detect_batch(frames, 20, detector._pnet, detector._rnet, detector._onet, THRESHOLDS,
+                                     mtcnn.factor, torch.device("cpu"))
+        assert len(boxes) == len(frames) and len(points) == len(frames)
+        assert all(b.shape == (0, 5) for b in boxes) and all(p.shape == (0, 5, 2) for p in points)
