@@ -7,18 +7,84 @@ FER2013 has no video, so clips are built from stills, labelled per frame:
 - transition clips: a face of one emotion replaced mid-clip by a face of another
   (a hard cut or a two-frame cross-fade, labelled by the dominant face): the GRU
   must follow a real change within a frame or two.
+
+With a `Realism`, the clips also look like tracks of real video: the frame-to-frame
+alignment shake that MTCNN's landmarks give on the shared crowd clip (measured by
+`fer_batch.training.jitter`), faces of 20-40 px enlarged to the crop, motion blur, JPEG
+artefacts and brief occlusions. Missed frames are not simulated: a clip has no gaps.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from fer_batch.preprocess import Preprocessing, normalize_crops
 from fer_batch.training.augment import AugmentConfig, JitterParams, apply_geometry, apply_photometric
 from fer_batch.training.data import FaceDataset
+
+
+@dataclass(frozen=True)
+class Realism:
+    """What makes a synthetic clip look like a real track; defaults measured or chosen as noted."""
+
+    # Per-frame standard deviations of the alignment, measured on the shared crowd clip's
+    # 11 tracks of 10+ frames (533 frame pairs): `python -m fer_batch.training.jitter` on
+    # `fer annotate ../shared/media` (every frame). The plain clips shake about 4x less.
+    shift_std: float = 0.036  # fraction of the crop
+    log_scale_std: float = 0.025
+    angle_std_deg: float = 1.26
+    low_resolution_probability: float = 0.5  # per clip: the face was 20-40 px tall in the frame
+    low_resolution_px: tuple[int, int] = (20, 40)
+    blur_probability: float = 0.3  # per frame: motion blur along a random direction
+    blur_max_px: int = 5
+    jpeg_quality: tuple[int, int] = (30, 90)  # per clip, every frame re-encoded
+    brief_occlusion_probability: float = 0.2  # per clip: a block over 1-3 consecutive frames
+
+
+def _low_resolution(frames: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Each (1, H, W) frame shrunk to its size by area averaging, then enlarged back (bilinear)."""
+    out = frames.clone()
+    height, width = frames.shape[-2:]
+    for size in sizes.unique().tolist():
+        if size <= 0:
+            continue
+        rows = sizes == size
+        small = F.interpolate(frames[rows], size=(size, size), mode="area")
+        out[rows] = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
+    return out
+
+
+def _motion_blur(frames: torch.Tensor, lengths: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Each frame convolved with a line of `length` pixels at `angle` (length 1: unchanged)."""
+    count, _, height, width = frames.shape
+    size = int(lengths.max()) | 1
+    if size <= 1:
+        return frames
+    kernels = torch.zeros(count, 1, size, size)
+    centre = size // 2
+    for index, (length, angle) in enumerate(zip(lengths.tolist(), angles.tolist())):
+        for step in np.linspace(-(length - 1) / 2, (length - 1) / 2, max(1, length)):
+            x, y = int(round(centre + step * math.cos(angle))), int(round(centre + step * math.sin(angle)))
+            kernels[index, 0, y, x] += 1.0
+        kernels[index] /= kernels[index].sum()
+    padded = F.pad(frames.reshape(1, count, height, width), (centre,) * 4, mode="replicate")
+    return F.conv2d(padded, kernels, groups=count).reshape(count, 1, height, width)
+
+
+def _jpeg(frames: torch.Tensor, qualities: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """Each normalised frame through a JPEG encode and decode at its quality."""
+    pixels = ((frames * preprocessing.pixel_std + preprocessing.pixel_mean) * 255).clamp(0, 255).round().to(torch.uint8)
+    decoded = []
+    for image, quality in zip(pixels[:, 0].numpy(), qualities.tolist()):
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        decoded.append(cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE) if ok else image)
+    return normalize_crops(np.stack(decoded), preprocessing)
 
 
 @dataclass
@@ -48,6 +114,21 @@ def _moving_occluder(frames: torch.Tensor, generator: torch.Generator) -> torch.
     return frames
 
 
+def _brief_occlusions(frames: torch.Tensor, probability: float, generator: torch.Generator) -> None:
+    """In place: in a share of clips, a noise block covers part of the face for 1-3 frames."""
+    clips, length, _, height, width = frames.shape
+    for clip in torch.nonzero(torch.rand(clips, generator=generator) < probability).flatten().tolist():
+        span = int(torch.randint(1, 4, (1,), generator=generator))
+        start = int(torch.randint(0, max(1, length - span + 1), (1,), generator=generator))
+        block_h = int(torch.randint(height // 4, height // 2 + 1, (1,), generator=generator))
+        block_w = int(torch.randint(width // 4, width // 2 + 1, (1,), generator=generator))
+        top = int(torch.randint(0, height - block_h + 1, (1,), generator=generator))
+        left = int(torch.randint(0, width - block_w + 1, (1,), generator=generator))
+        frames[clip, start : start + span, :, top : top + block_h, left : left + block_w] = float(
+            torch.randn(1, generator=generator)
+        )
+
+
 def make_clips(
     dataset: FaceDataset,
     count: int,
@@ -57,6 +138,7 @@ def make_clips(
     transition_fraction: float = 0.4,
     augment: AugmentConfig = AugmentConfig(),
     occlusion_probability: float = 0.25,
+    realism: Realism | None = None,
 ) -> ClipBatch:
     """`count` clips of `length` frames drawn from `dataset` (see module docstring)."""
     labels_np = dataset.labels
@@ -78,10 +160,22 @@ def make_clips(
     labels = np.empty((count, length), dtype=np.int64)
     images_a = normalize_crops(dataset.images[first], preprocessing)
     images_b = normalize_crops(dataset.images[second], preprocessing)
+    if realism is not None:
+        low_resolution = torch.rand(count, generator=generator) < realism.low_resolution_probability
+        sizes = torch.randint(realism.low_resolution_px[0], realism.low_resolution_px[1] + 1, (count,), generator=generator)
+        sizes = torch.where(low_resolution, sizes, torch.zeros_like(sizes))
+        qualities = torch.randint(realism.jpeg_quality[0], realism.jpeg_quality[1] + 1, (count,), generator=generator)
     for t in range(length):
         weight = torch.full((count,), t / max(1, length - 1))
         params = start.interpolate(end, weight)
         shake = JitterParams.sample(count, AugmentConfig(0.015, 0.02, 2.0, 0.0, 0.05, 0.03), generator)
+        if realism is not None:  # the measured shake, Gaussian, instead of the small uniform one
+            def normal(std: float) -> torch.Tensor:
+                return torch.randn(count, generator=generator) * std
+
+            shake.shift_x, shake.shift_y = normal(realism.shift_std), normal(realism.shift_std)
+            shake.angle = normal(math.radians(realism.angle_std_deg))
+            params.scale = params.scale * torch.exp(normal(realism.log_scale_std))
         params.shift_x += shake.shift_x
         params.shift_y += shake.shift_y
         params.angle += shake.angle
@@ -92,10 +186,19 @@ def make_clips(
         blend = torch.where(fading & (torch.from_numpy(cut) == t), torch.tensor(2 / 3), blend)
         blend = torch.where(fading & (torch.from_numpy(cut) - 1 == t), torch.tensor(1 / 3), blend)
         mixed = images_a * (1 - blend.view(-1, 1, 1, 1)) + images_b * blend.view(-1, 1, 1, 1)
-        frames.append(apply_photometric(apply_geometry(mixed, params), params))
+        frame = apply_photometric(apply_geometry(mixed, params), params)
+        if realism is not None:
+            frame = _low_resolution(frame, sizes)
+            blurred = torch.rand(count, generator=generator) < realism.blur_probability
+            lengths = torch.where(blurred, torch.randint(2, realism.blur_max_px + 1, (count,), generator=generator), 1)
+            frame = _motion_blur(frame, lengths, torch.rand(count, generator=generator) * math.pi)
+            frame = _jpeg(frame, qualities, preprocessing)
+        frames.append(frame)
         labels[:, t] = np.where(blend.numpy() >= 0.5, labels_np[second], labels_np[first])
     stacked = torch.stack(frames, dim=1)
     occluded = torch.rand(count, generator=generator) < occlusion_probability
     if occluded.any():
         stacked[occluded] = _moving_occluder(stacked[occluded], generator)
+    if realism is not None:
+        _brief_occlusions(stacked, realism.brief_occlusion_probability, generator)
     return ClipBatch(stacked, torch.from_numpy(labels), torch.from_numpy(is_transition))

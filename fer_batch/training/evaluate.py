@@ -24,7 +24,7 @@ from fer_batch.labels import EMOTIONS, emotion_index
 from fer_batch.model import Checkpoint, load_checkpoint
 from fer_batch.plots import confusion_matrix_png, per_class_bars_png, sample_grid_png
 from fer_batch.runtime import resolve_device
-from fer_batch.training.clips import make_clips
+from fer_batch.training.clips import Realism, make_clips
 from fer_batch.training.data import IMAGE_SUFFIXES, DatasetError, FaceDataset, load_split
 from fer_batch.training.metrics import ClassificationReport, classification_report, flicker_per_100
 from fer_batch.temporal import backward_for, forward_filter, smooth
@@ -148,11 +148,13 @@ TEMPORAL_ROWS = ("none", "cnn_gru", "causal", "bidirectional")
 
 
 def sequence_metrics(checkpoint: Checkpoint, dataset: FaceDataset, device: torch.device, seed: int = 2024,
-                     stay: float = defaults.TEMPORAL_STAY) -> dict:
+                     stay: float = defaults.TEMPORAL_STAY, realism: Realism | None = None) -> dict:
     """Accuracy, flicker and lag on synthetic clips built from `dataset`, per temporal mode:
-    none (the CNN alone), cnn_gru (the GRU, unfiltered), causal and bidirectional."""
+    none (the CNN alone), cnn_gru (the GRU, unfiltered), causal and bidirectional. With
+    `realism`, the clips carry real video's shake, blur, resolution and artefacts (clips.py)."""
     clips = make_clips(
-        dataset, SEQUENCE_CLIPS, SEQUENCE_LENGTH, checkpoint.preprocessing, torch.Generator().manual_seed(seed)
+        dataset, SEQUENCE_CLIPS, SEQUENCE_LENGTH, checkpoint.preprocessing, torch.Generator().manual_seed(seed),
+        realism=realism,
     )
     model = checkpoint.model.to(device)
     frame_probabilities, gru_probabilities = clip_probabilities(model, clips.frames, checkpoint.preprocessing, device)
@@ -227,6 +229,7 @@ def evaluate(
         result.upscale = upscale
     if sequence and len(dataset) >= 2 and len(np.unique(dataset.labels)) >= 2:
         result.sequence = sequence_metrics(checkpoint, dataset, torch_device)
+        result.sequence["realistic"] = sequence_metrics(checkpoint, dataset, torch_device, realism=Realism())
     _write_artifacts(result, dataset, predicted, probabilities)
     return result
 
@@ -370,4 +373,13 @@ def print_evaluation(result: EvaluationResult, console: Console) -> None:
                 f"on steady clips {row['steady_clip_flicker_per_100_frames']:.1f}, median lag {row['median_lag_frames']:.1f} frames"
             )
         console.print(f"(true changes {result.sequence['true_changes_per_100_frames']:.1f}/100 frames)")
+        realistic = result.sequence.get("realistic")
+        if realistic:
+            for mode in TEMPORAL_ROWS:
+                row = realistic[mode]
+                console.print(
+                    f"realistic clips, temporal {mode}: accuracy {row['accuracy']:.2%}, flicker "
+                    f"{row['flicker_per_100_frames']:.1f}/100 frames, on steady clips "
+                    f"{row['steady_clip_flicker_per_100_frames']:.1f}, median lag {row['median_lag_frames']:.1f} frames"
+                )
     console.print(f"wrote {', '.join(path.name for path in result.files.values())} to {result.out_dir}")
