@@ -3,7 +3,7 @@
 The encoder is almost all of the classifier's cost (216 M multiply-accumulates per crop
 for the shipped network; the heads and the GRU are a few thousand). Quantised to int8
 (weights per channel, activations per tensor, conv + BatchNorm + ReLU fused) it runs
-about twice as fast on an AVX2 CPU for about 0.2 points of PublicTest accuracy
+2.7x as many faces a second on an AVX2 CPU for 0.2 points of PublicTest accuracy
 (fer_batch/weights/README.md, "int8 inference").
 
 The activation ranges come from calibration on FER2013 training crops
@@ -33,7 +33,7 @@ from fer_batch.model import EmotionEnsemble, EmotionModel, EmotionNet
 
 INT8_KEY = "int8_encoders"  # checkpoint entry: one converted encoder state per network (ensemble member)
 PRECISIONS = ("auto", "fp32", "int8")
-_QCONFIG = "x86"  # torch's observer settings for x86 CPUs (7-bit activations without VNNI: no overflow)
+_QCONFIG = "x86"  # torch's observer settings for x86 CPUs: 7-bit activations, so no overflow on CPUs without VNNI
 # The kernels: oneDNN's int8 convolutions ran the shipped encoder at 330 faces/s against fbgemm's
 # 241 on this project's AVX2 machine (the "x86" engine chose fbgemm), to the same PublicTest labels.
 # Packed weights keep the engine they were packed with, so it is chosen once, at load.

@@ -31,7 +31,7 @@ from fer_batch.model import (
 from fer_batch.preprocess import Preprocessing, normalize_crops
 from fer_batch.runtime import resolve_device
 from fer_batch.training.augment import AugmentConfig, augment_batch
-from fer_batch.training.clips import make_clips
+from fer_batch.training.clips import Realism, make_clips
 from fer_batch.training.data import FaceDataset, load_split
 from fer_batch.training.metrics import classification_report
 
@@ -59,6 +59,7 @@ class TrainConfig:
     mixup_alpha: float = 0.0
     clips_per_epoch: int = 3000
     clip_length: int = 12
+    realistic_clips: bool = False  # the GRU stage trains on clips with real video's shake, blur and artefacts (clips.Realism)
     seed: int = 0
     device: str = "auto"
     limit_train: int | None = None  # smoke runs: use only this many training images
@@ -333,7 +334,8 @@ class Trainer:
         clips_per_step = max(1, self.config.batch_size // 4)
         total_loss, correct, seen = 0.0, 0, 0
         for _ in range(self._steps_per_epoch()):
-            clips = make_clips(self.train_set, clips_per_step, self.config.clip_length, self.preprocessing, self.generator)
+            clips = make_clips(self.train_set, clips_per_step, self.config.clip_length, self.preprocessing, self.generator,
+                               realism=Realism() if self.config.realistic_clips else None)
             with torch.no_grad(), self._autocast():
                 frames = clips.frames.flatten(0, 1).to(self.device)
                 features = self.model.encode(frames, flip_average=self.preprocessing.tta_flip)
