@@ -232,6 +232,7 @@ class Checkpoint:
     sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"  # the encoder's arithmetic: fp32 or int8 (fer_batch.quantize)
+    has_int8_encoders: bool = False  # the file carries int8 encoders, whatever this load runs in
 
     @property
     def name(self) -> str:
@@ -393,4 +394,5 @@ def load_checkpoint(
         sha256=file_sha256(path),
         extra={key: value for key, value in payload.items() if key not in known},
         precision=resolved,
+        has_int8_encoders=INT8_KEY in payload,
     )

@@ -368,28 +368,28 @@ class RayPlan:
 
 
 def _plan(paths: list[str | Path], options: dict[str, Any], segment_s: float) -> RayPlan:
-    from fer_batch.model import load_checkpoint
-    from fer_batch.results import RunMetadata
+    import torch
+
     from fer_batch import __version__
+    from fer_batch.model import load_checkpoint
+    from fer_batch.quantize import resolve_precision
+    from fer_batch.results import RunMetadata
+    from fer_batch.runtime import resolve_device
 
     model_dict, run_options = split_options(options)
     model_options = ModelOptions(**model_dict)
     sources, unsupported = discover_sources([Path(path) for path in paths], run_options.glob, run_options.exclude)
+    checkpoint = load_checkpoint(model_options.weights or defaults.default_weights_path())  # for the metadata only
     # The metadata's precision is the workers': cuda means fp32 even on a driver without a GPU;
-    # auto is judged as the driver sees it.
-    import torch
-    from fer_batch.runtime import resolve_device
-
+    # auto is judged as the driver sees it. Resolved, not built: the driver runs no encoder.
     device = torch.device("cuda") if model_options.device.startswith("cuda") else resolve_device(model_options.device)
-    checkpoint = load_checkpoint(
-        model_options.weights or defaults.default_weights_path(), precision=model_options.precision, device=device
-    )
+    precision = resolve_precision(model_options.precision, device, checkpoint.has_int8_encoders)
     document = options_document(model_options, run_options)
     document.update({"engine": "ray", "segment_s": segment_s})
     metadata = RunMetadata(
         version=__version__, weights=checkpoint.name, weights_sha256=checkpoint.sha256 or "",
         class_names=list(checkpoint.class_names), device=model_options.device, options=document,
-        precision=checkpoint.precision,
+        precision=precision,
         inputs=[str(path) for path in paths],
         source_paths={source.relative: str(source.path.resolve()) for source in sources}, elapsed_s=None,
     )

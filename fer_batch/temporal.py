@@ -97,6 +97,16 @@ def smooth(filtered: np.ndarray, backward: np.ndarray) -> np.ndarray:
     return posterior / np.maximum(posterior.sum(axis=-1, keepdims=True), 1e-300)
 
 
+def filter_track(evidence: np.ndarray, frame_index: np.ndarray, mode: str,
+                 window: int = defaults.TEMPORAL_WINDOW, stay: float = defaults.TEMPORAL_STAY) -> np.ndarray:
+    """(T, C) probabilities of one whole track's CNN-GRU evidence (T, C) in frame order, in the
+    `causal` or `bidirectional` mode."""
+    filtered = forward_filter(evidence, frame_index, stay)
+    if mode == "causal":
+        return filtered
+    return smooth(filtered, backward_for(evidence, frame_index, np.arange(len(evidence)), window, stay))
+
+
 @torch.no_grad()
 def track_probabilities(
     model: torch.nn.Module, features: np.ndarray, frame_index: np.ndarray, mode: str,
@@ -109,8 +119,4 @@ def track_probabilities(
         return torch.softmax(model.frame_logits(sequence).float(), dim=-1).cpu().numpy()
     logits, _ = model.sequence_logits(sequence.unsqueeze(0))
     evidence = torch.softmax(logits[0].float(), dim=-1).cpu().numpy()
-    filtered = forward_filter(evidence, frame_index, stay)
-    if mode == "causal":
-        return filtered.astype(np.float32)
-    backward = backward_for(evidence, frame_index, np.arange(len(evidence)), window, stay)
-    return smooth(filtered, backward).astype(np.float32)
+    return filter_track(evidence, frame_index, mode, window, stay).astype(np.float32)

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from fer_batch.preprocess import Preprocessing
 from fer_batch.training.clips import Realism, _low_resolution, _motion_blur, make_clips
 from fer_batch.training.data import load_split
-from fer_batch.training.jitter import LANDMARK_COLUMNS, alignment_jitter
+from fer_batch.schema import landmark_columns
+from fer_batch.training.jitter import alignment_jitter
 from tests.conftest import GOLDEN
 
 
@@ -72,7 +73,7 @@ def _track_table(noise_px: float, frames: int = 400, face_px: float = 100.0) -> 
     for frame in range(frames):
         points = template + [300 + 2.0 * frame, 200] + rng.normal(0, noise_px, 2)
         rows.append({"source": "walk.mp4", "media_type": "video", "track_id": 1, "frame_index": frame,
-                     **dict(zip(LANDMARK_COLUMNS, points.reshape(-1)))})
+                     **dict(zip(landmark_columns(), points.reshape(-1)))})
     return pd.DataFrame(rows)
 
 

@@ -29,9 +29,9 @@ app = typer.Typer(
 EXIT_NOTHING_PROCESSED = 1
 EXIT_USAGE = 2
 EXIT_OUTPUT_FAILED = 3  # the output could not be written (disk full, file size limit)
+EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C (SIGINT); SIGTERM gives the same
 PRECISION_HELP = ("The encoder's arithmetic: auto (int8 on a CPU when the weights carry int8 encoders, "
                   "else fp32), fp32 or int8 (CPU only).")
-EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C (SIGINT); SIGTERM gives the same
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -27,7 +27,7 @@ from fer_batch.runtime import resolve_device
 from fer_batch.training.clips import Realism, make_clips
 from fer_batch.training.data import IMAGE_SUFFIXES, DatasetError, FaceDataset, load_split
 from fer_batch.training.metrics import ClassificationReport, classification_report, flicker_per_100
-from fer_batch.temporal import backward_for, forward_filter, smooth
+from fer_batch.temporal import filter_track
 from fer_batch.training.train import clip_probabilities, predict_stills
 
 SEQUENCE_CLIPS = 600
@@ -123,13 +123,7 @@ def temporal_labels(frame_probabilities: np.ndarray, gru_probabilities: np.ndarr
     if mode == "cnn_gru":
         return gru_probabilities.argmax(-1)
     frames = np.arange(gru_probabilities.shape[1])
-    labels = np.empty(gru_probabilities.shape[:2], np.int64)
-    for clip, evidence in enumerate(gru_probabilities):
-        filtered = forward_filter(evidence, frames, stay)
-        if mode == "bidirectional":
-            filtered = smooth(filtered, backward_for(evidence, frames, frames, stay=stay))
-        labels[clip] = filtered.argmax(-1)
-    return labels
+    return np.stack([filter_track(evidence, frames, mode, stay=stay).argmax(-1) for evidence in gru_probabilities])
 
 
 def change_lag(predicted: np.ndarray, truth: np.ndarray) -> list[int]:
@@ -343,6 +337,15 @@ weights sha256 <code>{html.escape(result.checkpoint.sha256 or "")}</code>.</p>
     return path
 
 
+def _print_clip_rows(console: Console, label: str, metrics: dict) -> None:
+    for mode in TEMPORAL_ROWS:
+        row = metrics[mode]
+        console.print(
+            f"{label}, temporal {mode}: accuracy {row['accuracy']:.2%}, flicker {row['flicker_per_100_frames']:.1f}/100 frames, "
+            f"on steady clips {row['steady_clip_flicker_per_100_frames']:.1f}, median lag {row['median_lag_frames']:.1f} frames"
+        )
+
+
 def print_evaluation(result: EvaluationResult, console: Console) -> None:
     report = result.report
     table = Table(title=escape(f"{result.checkpoint.name} ({result.checkpoint.precision}) on {result.data} [{result.split}]"))
@@ -366,20 +369,8 @@ def print_evaluation(result: EvaluationResult, console: Console) -> None:
             f"({(report.accuracy - result.direct_accuracy) * 100:+.2f} points)"
         )
     if result.sequence:
-        for mode in TEMPORAL_ROWS:
-            row = result.sequence[mode]
-            console.print(
-                f"clips, temporal {mode}: accuracy {row['accuracy']:.2%}, flicker {row['flicker_per_100_frames']:.1f}/100 frames, "
-                f"on steady clips {row['steady_clip_flicker_per_100_frames']:.1f}, median lag {row['median_lag_frames']:.1f} frames"
-            )
+        _print_clip_rows(console, "clips", result.sequence)
         console.print(f"(true changes {result.sequence['true_changes_per_100_frames']:.1f}/100 frames)")
-        realistic = result.sequence.get("realistic")
-        if realistic:
-            for mode in TEMPORAL_ROWS:
-                row = realistic[mode]
-                console.print(
-                    f"realistic clips, temporal {mode}: accuracy {row['accuracy']:.2%}, flicker "
-                    f"{row['flicker_per_100_frames']:.1f}/100 frames, on steady clips "
-                    f"{row['steady_clip_flicker_per_100_frames']:.1f}, median lag {row['median_lag_frames']:.1f} frames"
-                )
+        if result.sequence.get("realistic"):
+            _print_clip_rows(console, "realistic clips", result.sequence["realistic"])
     console.print(f"wrote {', '.join(path.name for path in result.files.values())} to {result.out_dir}")

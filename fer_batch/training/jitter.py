@@ -24,9 +24,7 @@ import numpy as np
 import pandas as pd
 
 from fer_batch.preprocess import Preprocessing, similarity_to_template
-
-LANDMARK_COLUMNS = [f"lm_{part}_{axis}" for part in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-                    for axis in ("x", "y")]
+from fer_batch.schema import landmark_columns
 
 
 def _robust_std(values: np.ndarray) -> float:
@@ -44,7 +42,7 @@ def alignment_jitter(faces: pd.DataFrame, preprocessing: Preprocessing = Preproc
             continue
         tracks += 1
         frames = track.frame_index.to_numpy()
-        points = track[LANDMARK_COLUMNS].to_numpy(np.float64).reshape(-1, 5, 2)
+        points = track[landmark_columns()].to_numpy(np.float64).reshape(-1, 5, 2)
         matrices = []
         for landmarks in points:
             matrix = np.eye(3)
