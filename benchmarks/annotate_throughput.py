@@ -47,6 +47,7 @@ CONFIGURATIONS = (
     ("--detect-every 5", {"detect_every": 5}),
     ("--detect-every 10", {"detect_every": 10}),
     ("--detect-scale 0.5 --detect-every 5", {"detect_scale": 0.5, "detect_every": 5}),
+    ("--threshold 0.7 (the reference's)", {"threshold": 0.7}),
 )
 
 
