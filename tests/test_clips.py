@@ -95,3 +95,75 @@ def test_jitter_of_the_shared_crowd_is_what_the_realistic_clips_use():
     assert measured["shift_std"] == pytest.approx(realism.shift_std, rel=0.1)
     assert measured["log_scale_std"] == pytest.approx(realism.log_scale_std, rel=0.1)
     assert measured["angle_std_deg"] == pytest.approx(realism.angle_std_deg, rel=0.1)
+    assert measured["missed_frame_share"] == pytest.approx(realism.missed_frame_share, rel=0.1)
+    assert measured["max_missed_run"] == realism.max_missed_run
+
+
+def test_missed_frames_are_as_common_as_in_the_crowd_tracks(publictest):
+    """Realistic clips miss about the measured share of frames, in runs of at most max_missed_run,
+    never a track's first or last face; plain clips miss none."""
+    realism = Realism()
+    clips = make_clips(publictest, 600, 16, Preprocessing(), torch.Generator().manual_seed(3), realism=realism)
+    present = clips.present
+    assert present[:, 0].all() and present[:, -1].all()
+    assert 1.0 - present.float().mean().item() == pytest.approx(realism.missed_frame_share, rel=0.25)
+    for row in present.numpy():
+        found = np.flatnonzero(row)
+        assert np.diff(found).max() - 1 <= realism.max_missed_run
+    assert make_clips(publictest, 8, 16, Preprocessing(), torch.Generator().manual_seed(3)).present is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.booleans(), min_size=6, max_size=6), min_size=1, max_size=5))
+def test_tracked_clips_put_the_found_frames_first_in_time_order(rows):
+    from fer_batch.training.clips import ClipBatch
+
+    present = torch.tensor(rows)
+    count, length = present.shape
+    frames = torch.arange(count * length, dtype=torch.float32).view(count, length, 1, 1, 1).expand(count, length, 1, 2, 2)
+    labels = torch.arange(count * length).view(count, length) % 7
+    tracked = ClipBatch(frames, labels, torch.zeros(count, dtype=torch.bool), present).tracked()
+    for clip in range(count):
+        found = int(present[clip].sum())
+        assert tracked.valid[clip, :found].all() and not tracked.valid[clip, found:].any()
+        order = tracked.frame_index[clip, :found]
+        assert torch.equal(order, torch.nonzero(present[clip]).flatten())  # the found frames, in time order
+        assert torch.equal(tracked.frames[clip, :found], frames[clip, order])
+        assert torch.equal(tracked.labels[clip, :found], labels[clip, order])
+        assert (tracked.labels[clip, found:] == -1).all()
+
+
+def test_pose_warp_turns_the_face_and_leaves_it_alone_at_zero_tilt(publictest):
+    from fer_batch.preprocess import normalize_crops
+    from fer_batch.training.clips import _pose_warp
+
+    faces = normalize_crops(publictest.images[:3], Preprocessing())
+    zero = torch.zeros(3)
+    assert torch.allclose(_pose_warp(faces, zero, zero), faces, atol=1e-5)
+    tilt = torch.full((3,), 0.08)
+    turned = _pose_warp(faces, tilt, zero)
+    assert (turned - faces).abs().mean() > 0.02
+    # Mirror symmetry: turning a mirrored face the other way is the mirror of turning the face.
+    assert torch.allclose(_pose_warp(faces.flip(-1), -tilt, zero), turned.flip(-1), atol=1e-4)
+    # A positive horizontal tilt magnifies the right side: a column near the right edge shows
+    # content from nearer the centre than the same column at zero tilt.
+    ramp = torch.linspace(-1, 1, 48).view(1, 1, 1, 48).expand(1, 1, 48, 48).contiguous()
+    warped = _pose_warp(ramp, tilt[:1], zero[:1])
+    assert warped[0, 0, 24, 44] < ramp[0, 0, 24, 44] and warped[0, 0, 24, 3] < ramp[0, 0, 24, 3]
+
+
+def test_change_lag_and_flicker_count_clip_frames_across_a_missed_frame():
+    from fer_batch.training.evaluate import change_lag, temporal_labels
+    from fer_batch.training.metrics import flicker_per_100
+
+    # Found at clip frames 0, 1, 2, 4, 5 (frame 3 missed, padding at the end): the truth changes at
+    # frame 2; the prediction names the new label from frame 4, two clip frames late.
+    truth = np.array([[0, 0, 1, 1, 1, -1]])
+    predicted = np.array([[0, 0, 0, 1, 1, 5]])
+    frames = np.array([[0, 1, 2, 4, 5, 3]])
+    valid = np.array([[True] * 5 + [False]])
+    assert change_lag(predicted, truth, frames, valid) == [2]
+    assert flicker_per_100(predicted, valid) == pytest.approx(100 * 1 / 5)
+    evidence = np.eye(7)[predicted[0] % 7][None] * 0.9 + 0.1 / 7
+    labels = temporal_labels(evidence, evidence, "bidirectional", 0.9, frames, valid)
+    assert labels[0, -1] == -1 and (labels[0, :5] >= 0).all()

@@ -202,6 +202,28 @@ def test_init_from_fine_tunes_from_a_checkpoint_and_rejects_another_architecture
     assert not_an_ensemble.exit_code == 2 and "not an ensemble" in " ".join(not_an_ensemble.output.split())
 
 
+def test_epochs_0_trains_the_gru_stage_alone_on_a_trained_encoder(trained_run, fer_dir, tmp_path):
+    """`--epochs 0 --init-from`: only the GRU and its head move; the encoder and frame head keep the
+    starting weights exactly. Without --init-from there is nothing to train the GRU on: refused."""
+    common = [
+        "train", "--data", str(fer_dir), "--small", "--epochs", "0", "--temporal-epochs", "1", "--realistic-clips",
+        "--limit-train", "128", "--limit-test", "64", "--clips-per-epoch", "64", "--batch-size", "64",
+        "--device", "cpu", "--quiet",
+    ]
+    start = torch.load(trained_run / "best.pt", weights_only=False)["model_state"]
+    result = runner.invoke(app, [*common, "--out", str(tmp_path / "gru"), "--init-from", str(trained_run / "best.pt")])
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(tmp_path / "gru" / "metrics.csv").stage.tolist() == ["temporal"]
+    tuned = torch.load(tmp_path / "gru" / "last.pt", weights_only=False)["model_state"]
+    for name, weights in start.items():
+        if name.startswith(("gru.", "temporal_head.")):
+            continue
+        assert torch.equal(tuned[name], weights), name
+    assert any(not torch.equal(tuned[name], start[name]) for name in start if name.startswith("gru."))
+    refused = runner.invoke(app, [*common, "--out", str(tmp_path / "none")])
+    assert refused.exit_code == 2 and "init_from" in " ".join(refused.output.split())
+
+
 @pytest.fixture(scope="module")
 def ensemble_members(trained_run, tmp_path_factory) -> list[Path]:
     """The smoke run's best checkpoint and a second, wider network with its own (untrained) weights."""

@@ -248,7 +248,7 @@ def report_command(
 def train(
     data: Path = typer.Option(..., "--data", help="fer2013.csv or an image-folder root with train/ and test/."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Run folder: last.pt, best.pt, metrics.csv."),
-    epochs: int = typer.Option(26, "--epochs", min=1, help="CNN epochs on augmented stills."),
+    epochs: int = typer.Option(26, "--epochs", min=0, help="CNN epochs on augmented stills (0 with --init-from: train only the GRU stage on that encoder)."),
     temporal_epochs: int = typer.Option(3, "--temporal-epochs", min=0, help="GRU epochs on synthetic clips."),
     batch_size: int = typer.Option(128, "--batch-size", min=2),
     learning_rate: float = typer.Option(3e-3, "--lr", help="Peak learning rate of the one-cycle schedule."),

@@ -11,7 +11,9 @@ FER2013 has no video, so clips are built from stills, labelled per frame:
 With a `Realism`, the clips also look like tracks of real video: the frame-to-frame
 alignment shake that MTCNN's landmarks give on the shared crowd clip (measured by
 `fer_batch.training.jitter`), faces of 20-40 px enlarged to the crop, motion blur, JPEG
-artefacts and brief occlusions. Missed frames are not simulated: a clip has no gaps.
+artefacts, brief occlusions, small head-pose warps and missed frames (frames where the
+detector did not find the face, so the track has no row: the GRU steps over them, see
+`ClipBatch.tracked`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,14 @@ class Realism:
     blur_max_px: int = 5
     jpeg_quality: tuple[int, int] = (30, 90)  # per clip, every frame re-encoded
     brief_occlusion_probability: float = 0.2  # per clip: a block over 1-3 consecutive frames
+    # Frames missing inside the same crowd tracks (every frame detected): 3.8 % of the frames
+    # between a track's first and last face, in gaps of 1-3 frames (measured as above).
+    missed_frame_share: float = 0.038
+    max_missed_run: int = 3
+    # Head turning or nodding a little over a clip: a perspective warp whose horizontal and
+    # vertical tilt drift from one value to another, each uniform within +-pose_tilt (chosen,
+    # not measured: at 0.08 the crop's two sides are magnified 1.17x and 0.85x).
+    pose_tilt: float = 0.08
 
 
 def _low_resolution(frames: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
@@ -87,11 +97,56 @@ def _jpeg(frames: torch.Tensor, qualities: torch.Tensor, preprocessing: Preproce
     return normalize_crops(np.stack(decoded), preprocessing)
 
 
+def _pose_warp(frames: torch.Tensor, tilt_x: torch.Tensor, tilt_y: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) frames seen from a little to the side or above: the homography whose last
+    row is (tilt_x, tilt_y, 1), about the crop centre (tilt 0: unchanged)."""
+    count, _, height, width = frames.shape
+    identity = torch.eye(2, 3).unsqueeze(0).expand(count, 2, 3)
+    grid = F.affine_grid(identity, [count, 1, height, width], align_corners=False)
+    depth = 1.0 + tilt_x.view(-1, 1, 1) * grid[..., 0] + tilt_y.view(-1, 1, 1) * grid[..., 1]
+    return F.grid_sample(frames, grid / depth.unsqueeze(-1), mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _missed_frames(count: int, length: int, realism: Realism, generator: torch.Generator) -> torch.Tensor:
+    """(B, T) bool, True where the detector found the face: runs of 1..max_missed_run frames
+    missed, starting at a rate that misses `missed_frame_share` of frames; a track's first and
+    last faces are found by definition."""
+    present = torch.ones(count, length, dtype=torch.bool)
+    mean_run = (1 + realism.max_missed_run) / 2
+    rate = realism.missed_frame_share / mean_run * length / max(1, length - 2)  # runs start inside the clip only
+    starts = torch.rand(count, length, generator=generator) < rate
+    runs = torch.randint(1, realism.max_missed_run + 1, (count, length), generator=generator)
+    for clip, start in (torch.nonzero(starts[:, 1:-1]) + torch.tensor([0, 1])).tolist():  # in time order
+        if present[clip, start - 1]:  # a run does not join the one before it
+            present[clip, start : min(length - 1, start + int(runs[clip, start]))] = False
+    return present
+
+
+@dataclass
+class TrackedClips:
+    """Clips as a tracker hands them on: in each clip the frames where the face was found come
+    first, in time order, and the missed ones follow as padding (valid False), so a GRU run
+    over a row steps over the gaps and its outputs at valid places see only found frames."""
+
+    frames: torch.Tensor  # (B, T, 1, H, W)
+    labels: torch.Tensor  # (B, T) int64, -1 on padding
+    frame_index: torch.Tensor  # (B, T) int64: the clip frame each place shows
+    valid: torch.Tensor  # (B, T) bool, a prefix of each row
+
+
 @dataclass
 class ClipBatch:
     frames: torch.Tensor  # (B, T, 1, H, W) normalised
     labels: torch.Tensor  # (B, T) int64
     is_transition: torch.Tensor  # (B,) bool
+    present: torch.Tensor | None = None  # (B, T) bool, False where the detector missed the face; None: all found
+
+    def tracked(self) -> TrackedClips:
+        present = self.present if self.present is not None else torch.ones(self.labels.shape, dtype=torch.bool)
+        order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)
+        rows = torch.arange(order.shape[0]).unsqueeze(1)
+        valid = present[rows, order]
+        return TrackedClips(self.frames[rows, order], self.labels[rows, order].masked_fill(~valid, -1), order, valid)
 
 
 def _moving_occluder(frames: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -165,6 +220,7 @@ def make_clips(
         sizes = torch.randint(realism.low_resolution_px[0], realism.low_resolution_px[1] + 1, (count,), generator=generator)
         sizes = torch.where(low_resolution, sizes, torch.zeros_like(sizes))
         qualities = torch.randint(realism.jpeg_quality[0], realism.jpeg_quality[1] + 1, (count,), generator=generator)
+        tilt_start, tilt_end = ((torch.rand(2, count, generator=generator) * 2 - 1) * realism.pose_tilt for _ in range(2))
     for t in range(length):
         weight = torch.full((count,), t / max(1, length - 1))
         params = start.interpolate(end, weight)
@@ -188,7 +244,8 @@ def make_clips(
         mixed = images_a * (1 - blend.view(-1, 1, 1, 1)) + images_b * blend.view(-1, 1, 1, 1)
         frame = apply_photometric(apply_geometry(mixed, params), params)
         if realism is not None:
-            frame = _low_resolution(frame, sizes)
+            tilt = tilt_start + (tilt_end - tilt_start) * weight
+            frame = _low_resolution(_pose_warp(frame, tilt[0], tilt[1]), sizes)
             blurred = torch.rand(count, generator=generator) < realism.blur_probability
             lengths = torch.where(blurred, torch.randint(2, realism.blur_max_px + 1, (count,), generator=generator), 1)
             frame = _motion_blur(frame, lengths, torch.rand(count, generator=generator) * math.pi)
@@ -199,6 +256,8 @@ def make_clips(
     occluded = torch.rand(count, generator=generator) < occlusion_probability
     if occluded.any():
         stacked[occluded] = _moving_occluder(stacked[occluded], generator)
+    present = None
     if realism is not None:
         _brief_occlusions(stacked, realism.brief_occlusion_probability, generator)
-    return ClipBatch(stacked, torch.from_numpy(labels), torch.from_numpy(is_transition))
+        present = _missed_frames(count, length, realism, generator)
+    return ClipBatch(stacked, torch.from_numpy(labels), torch.from_numpy(is_transition), present)

@@ -116,25 +116,38 @@ def detect_dataset(
 
 
 def temporal_labels(frame_probabilities: np.ndarray, gru_probabilities: np.ndarray, mode: str,
-                    stay: float = defaults.TEMPORAL_STAY) -> np.ndarray:
-    """(B, T) labels of clips in a temporal mode (fer_batch.temporal), or "cnn_gru" for the bare GRU."""
+                    stay: float = defaults.TEMPORAL_STAY, frame_index: np.ndarray | None = None,
+                    valid: np.ndarray | None = None) -> np.ndarray:
+    """(B, T) labels of clips in a temporal mode (fer_batch.temporal), or "cnn_gru" for the bare GRU;
+    rows laid out as `TrackedClips` (valid prefix at clip frames `frame_index`), -1 on padding."""
+    valid = np.ones(gru_probabilities.shape[:2], dtype=bool) if valid is None else valid
+    frame_index = np.broadcast_to(np.arange(valid.shape[1]), valid.shape) if frame_index is None else frame_index
     if mode == "none":
-        return frame_probabilities.argmax(-1)
-    if mode == "cnn_gru":
-        return gru_probabilities.argmax(-1)
-    frames = np.arange(gru_probabilities.shape[1])
-    return np.stack([filter_track(evidence, frames, mode, stay=stay).argmax(-1) for evidence in gru_probabilities])
+        labels = frame_probabilities.argmax(-1)
+    elif mode == "cnn_gru":
+        labels = gru_probabilities.argmax(-1)
+    else:
+        labels = np.full(valid.shape, -1, dtype=np.int64)
+        for row, (evidence, frames, found) in enumerate(zip(gru_probabilities, frame_index, valid)):
+            labels[row, found] = filter_track(evidence[found], frames[found], mode, stay=stay).argmax(-1)
+    return np.where(valid, labels, -1)
 
 
-def change_lag(predicted: np.ndarray, truth: np.ndarray) -> list[int]:
-    """Frames from each true change to the first frame from which the prediction names the new label."""
+def change_lag(predicted: np.ndarray, truth: np.ndarray, frame_index: np.ndarray | None = None,
+               valid: np.ndarray | None = None) -> list[int]:
+    """Clip frames from each true change to the first found frame from which the prediction names
+    the new label (rows laid out as in `temporal_labels`)."""
+    valid = np.ones(truth.shape, dtype=bool) if valid is None else valid
+    frame_index = np.broadcast_to(np.arange(truth.shape[1]), truth.shape) if frame_index is None else frame_index
     lags = []
-    for labels, true in zip(predicted, truth):
+    for labels, true, frames, found in zip(predicted, truth, frame_index, valid):
+        labels, true, frames = labels[found], true[found], frames[found]
         changes = np.flatnonzero(true[1:] != true[:-1])
         if len(changes):
             cut = int(changes[0]) + 1
             hits = np.flatnonzero(labels[cut:] == true[cut])
-            lags.append(int(hits[0]) if len(hits) else len(true) - cut)
+            end = frames[cut + hits[0]] if len(hits) else frames[-1] + 1
+            lags.append(int(end - frames[cut]))
     return lags
 
 
@@ -145,29 +158,32 @@ def sequence_metrics(checkpoint: Checkpoint, dataset: FaceDataset, device: torch
                      stay: float = defaults.TEMPORAL_STAY, realism: Realism | None = None) -> dict:
     """Accuracy, flicker and lag on synthetic clips built from `dataset`, per temporal mode:
     none (the CNN alone), cnn_gru (the GRU, unfiltered), causal and bidirectional. With
-    `realism`, the clips carry real video's shake, blur, resolution and artefacts (clips.py)."""
+    `realism`, the clips carry real video's shake, blur, resolution, artefacts and missed
+    frames (clips.py); the GRU steps over a missed frame and it is not scored."""
     clips = make_clips(
         dataset, SEQUENCE_CLIPS, SEQUENCE_LENGTH, checkpoint.preprocessing, torch.Generator().manual_seed(seed),
         realism=realism,
     )
+    tracked = clips.tracked()
     model = checkpoint.model.to(device)
-    frame_probabilities, gru_probabilities = clip_probabilities(model, clips.frames, checkpoint.preprocessing, device)
-    truth = clips.labels.numpy()
+    frame_probabilities, gru_probabilities = clip_probabilities(model, tracked.frames, checkpoint.preprocessing, device)
+    truth, frame_index, valid = tracked.labels.numpy(), tracked.frame_index.numpy(), tracked.valid.numpy()
     steady = ~clips.is_transition.numpy()
     result = {
         "clips": SEQUENCE_CLIPS,
         "frames_per_clip": SEQUENCE_LENGTH,
         "transition_clips": int((~steady).sum()),
-        "true_changes_per_100_frames": flicker_per_100(truth),
+        "missed_frame_share": float(1.0 - valid.mean()),
+        "true_changes_per_100_frames": flicker_per_100(truth, valid),
         "stay": stay,
     }
     for mode in TEMPORAL_ROWS:
-        labels = temporal_labels(frame_probabilities, gru_probabilities, mode, stay)
-        lags = change_lag(labels[~steady], truth[~steady])
+        labels = temporal_labels(frame_probabilities, gru_probabilities, mode, stay, frame_index, valid)
+        lags = change_lag(labels[~steady], truth[~steady], frame_index[~steady], valid[~steady])
         result[mode] = {
-            "accuracy": float((labels == truth).mean()),
-            "flicker_per_100_frames": flicker_per_100(labels),
-            "steady_clip_flicker_per_100_frames": flicker_per_100(labels[steady]),
+            "accuracy": float((labels == truth)[valid].mean()),
+            "flicker_per_100_frames": flicker_per_100(labels, valid),
+            "steady_clip_flicker_per_100_frames": flicker_per_100(labels[steady], valid[steady]),
             "median_lag_frames": float(np.median(lags)) if lags else float("nan"),
         }
     result["cnn"] = result["none"]  # the name earlier versions wrote

@@ -7,7 +7,8 @@ after the inverse of the first maps crop to crop. For a rigid face and perfect l
 it is the identity: what it moves is MTCNN's landmark noise (plus a little real head
 motion, so these are upper bounds). Reported as per-frame standard deviations (robust: 1.4826
 x the median absolute deviation, divided by sqrt 2 for one frame of a pair) of the crop
-centre's shift (as a fraction of the crop), of the log scale and of the angle.
+centre's shift (as a fraction of the crop), of the log scale and of the angle; and the share
+of frames inside those tracks where the detector found no face (the track has a gap).
 
     fer annotate ../shared/media --out crowd.parquet     # every frame
     python -m fer_batch.training.jitter crowd.parquet
@@ -35,13 +36,16 @@ def alignment_jitter(faces: pd.DataFrame, preprocessing: Preprocessing = Preproc
     """Per-frame jitter of the alignment in tracks of `min_length`+ consecutive video frames."""
     template = np.asarray(preprocessing.landmarks)
     centre = np.array([preprocessing.crop_size / 2, preprocessing.crop_size / 2, 1.0])
-    shifts, log_scales, angles, tracks = [], [], [], 0
+    shifts, log_scales, angles, tracks, spanned, found, runs = [], [], [], 0, 0, 0, []
     videos = faces[faces.media_type == "video"].sort_values(["source", "track_id", "frame_index"])
     for _, track in videos.groupby(["source", "track_id"]):
         if len(track) < min_length:
             continue
         tracks += 1
         frames = track.frame_index.to_numpy()
+        spanned, found = spanned + int(frames[-1] - frames[0] + 1), found + len(frames)
+        steps = np.diff(frames)
+        runs.extend((steps[steps > 1] - 1).tolist())
         points = track[landmark_columns()].to_numpy(np.float64).reshape(-1, 5, 2)
         matrices = []
         for landmarks in points:
@@ -66,6 +70,8 @@ def alignment_jitter(faces: pd.DataFrame, preprocessing: Preprocessing = Preproc
         "shift_std": (_robust_std(shift[:, 0]) + _robust_std(shift[:, 1])) / 2 / pair,
         "log_scale_std": _robust_std(np.asarray(log_scales)) / pair,
         "angle_std_deg": _robust_std(np.asarray(angles)) / pair,
+        "missed_frame_share": 1.0 - found / spanned,  # frames inside tracks with no face found
+        "max_missed_run": max(runs, default=0),
     }
 
 

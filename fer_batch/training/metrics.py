@@ -60,8 +60,10 @@ def classification_report(
     return ClassificationReport(class_names, confusion, accuracy, precision, recall, f1, support)
 
 
-def flicker_per_100(predicted_sequences: np.ndarray) -> float:
-    """Label changes between consecutive frames per 100 frames, for (clips, frames) labels."""
+def flicker_per_100(predicted_sequences: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """Label changes between consecutive frames per 100 frames, for (clips, frames) labels; with
+    `valid` (a prefix of each row, as `TrackedClips` give), only the valid frames count."""
     sequences = np.asarray(predicted_sequences)
-    changes = (sequences[:, 1:] != sequences[:, :-1]).sum()
-    return float(100.0 * changes / max(1, sequences.size))
+    valid = np.ones(sequences.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    changes = ((sequences[:, 1:] != sequences[:, :-1]) & valid[:, 1:]).sum()
+    return float(100.0 * changes / max(1, valid.sum()))
