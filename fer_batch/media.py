@@ -271,6 +271,7 @@ class VideoReadReport:
         self.frames_sampled = 0
         self.info: VideoInfo | None = None
         self.truncated_message: str | None = None
+        self.reached_end = False  # the decoder ran out of frames (not stopped by max_frames or a segment's end)
 
 
 def _wanted(index: int, timestamp_s: float, options: RunOptions, fps: float, last_bucket: list[int]) -> bool:
@@ -308,6 +309,7 @@ def iter_video_frames(
             if stop_frame is not None and index >= stop_frame:
                 break
             if not capture.grab():
+                report.reached_end = True
                 break
             report.frames_read += 1
             position_ms = capture.get(cv2.CAP_PROP_POS_MSEC)

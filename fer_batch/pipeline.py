@@ -58,6 +58,7 @@ class SourceRun:
     frames_read: int = 0
     errors: list[ErrorRecord] = field(default_factory=list)
     failed: bool = False  # a stage gave up on this source
+    reached_end: bool = False  # a video read to its last frame (not cut by --max-frames or a Ray segment)
 
     def record_error(self, stage: str, message: str) -> None:
         self.errors.append(ErrorRecord(self.source.relative, stage, message))
@@ -139,6 +140,7 @@ def _video_events(run: SourceRun, options: RunOptions, start_frame: int = 0, sto
     except Exception as error:  # noqa: BLE001 - one bad file must not end the run
         run.fail("decode", error)
     run.frames_read = report.frames_read
+    run.reached_end = report.reached_end
     if not started:
         run.expected_frames = 0
         yield SourceStarted(run)
@@ -169,7 +171,8 @@ def _guarded(batch: FrameBatch, stage: str, work) -> FrameBatch | None:
 
 
 def detect_faces(events: Iterable[Event], detector: FaceDetector, options: RunOptions) -> Iterator[Event]:
-    """Group frames into windows of `detect_batch` detector frames (every `detect_every`-th frame) and detect."""
+    """Group frames into windows of `detect_batch` detector frames (every `detect_every`-th frame,
+    and a video's last frame) and detect."""
     window: list[FrameBatch] = []
     window_detections = 0  # frames in the window the detector will see
     sampled = 0
@@ -206,6 +209,10 @@ def detect_faces(events: Iterable[Event], detector: FaceDetector, options: RunOp
                 yield from flush()
             continue
         if isinstance(event, SourceFinished):
+            if event.run.reached_end and window and not window[-1].detect[-1]:
+                # The video's last frame is a keyframe too: a face that walks in after the last
+                # regular keyframe is found there, and early track starts carry it back.
+                window[-1] = replace(window[-1], detect=[*window[-1].detect[:-1], True])
             yield from flush()
         else:
             sampled = 0

@@ -244,3 +244,61 @@ def test_a_face_the_next_keyframe_finds_is_tracked_from_the_frames_before_it(med
         assert frame % 5 != 0 and keyframed.det_score[row] >= RunOptions().threshold
         reference = every.select(every.frame_index == frame)
         assert box_iou(keyframed.boxes[row : row + 1].astype(float), reference.boxes.astype(float)).max() >= 0.5
+
+
+@pytest.mark.parametrize(("frames", "options", "frame_range", "keyframes"), [
+    (12, RunOptions(detect_every=5), None, [0, 5, 10, 11]),  # read to the end: the last frame too
+    (10, RunOptions(detect_every=5), None, [0, 5, 9]),
+    (11, RunOptions(detect_every=5), None, [0, 5, 10]),  # the last frame is a keyframe already
+    (12, RunOptions(detect_every=5, max_frames=9), None, [0, 5]),  # cut by --max-frames: not the end
+    (12, RunOptions(detect_every=5), (0, 9), [0, 5]),  # a Ray segment that stops before the end
+    (12, RunOptions(detect_every=5), (5, None), [5, 10, 11]),  # the last segment reads to the end
+])
+def test_a_video_read_to_its_end_has_its_last_frame_detected(tmp_path, annotator, frames, options, frame_range, keyframes):
+    """A face that walks in after the last regular keyframe is found on the last frame (and the
+    early track starts carry it back); a video cut short by --max-frames or a segment is not at
+    its end, so the Ray engine's segments detect on the frames the local engine does."""
+    video = write_video(tmp_path / "clip.mp4", frames)
+    events = detect_faces(read_frames([MediaSource(video, "clip.mp4", "video")], options, frame_range),
+                          annotator.detector, options)
+    detected = [frame.index for event in events if isinstance(event, FrameBatch)
+                for frame, flag in zip(event.frames, event.detect) if flag]
+    assert detected == keyframes
+
+
+def test_refinement_searches_around_a_small_face_that_onet_scores_low(media_dir, annotator):
+    """A 26-px face of the crowd clip, found at keyframe 15: O-Net at its box alone scores it under
+    the refinement threshold on later frames (the track would be dropped), the search around the
+    box keeps it on every frame, on the face the detector finds there."""
+    import cv2
+
+    from fer_batch.media import Frame
+    from fer_batch.tracking import box_iou
+
+    capture = cv2.VideoCapture(str(media_dir / "walking-crowd-1080p.mp4"))
+    frames = []
+    for index in range(21):
+        ok, bgr = capture.read()
+        assert ok
+        frames.append(Frame(None, index, index / 25, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+    capture.release()
+    detector = annotator.detector
+    keyframe = detector.detect([frames[15]], threshold=0.7)
+    start = keyframe.boxes[box_iou(np.array([[1345.0, 684, 1371, 717]]), keyframe.boxes.astype(float)).argmax()][None]
+    assert start[0, 3] - start[0, 1] < 40
+
+    def follow(search_below: float) -> tuple[list[float], list[float]]:
+        box, scores, overlaps = start.astype(float), [], []
+        for frame in frames[16:]:
+            found = detector.refine(frame, box, search_below=search_below)
+            plain = detector.refine(frame, box, search_below=0.0)
+            assert found.det_score[0] >= plain.det_score[0]  # the search never does worse than the box itself
+            full = detector.detect([frame], threshold=0.7)
+            overlaps.append(float(box_iou(found.boxes.astype(float), full.boxes.astype(float)).max()))
+            scores.append(float(found.det_score[0]))
+            box = found.boxes.astype(float)
+        return scores, overlaps
+
+    assert min(follow(search_below=0.0)[0]) < 0.5  # O-Net at the box alone loses the face
+    scores, overlaps = follow(search_below=0.9)
+    assert min(scores) >= 0.8 and min(overlaps) >= 0.5
