@@ -145,10 +145,12 @@ class FaceDetector:
         Each box is made square around its centre, as R-Net's proposals are, cropped and
         resized to 48x48 exactly as detection's third stage crops its candidates
         (fer_batch.mtcnn.crop_box), then corrected by O-Net's box regression; its landmarks
-        are placed as facenet-pytorch places them. O-Net's score falls fast when a small face
-        sits a little off its box (a 26-px face of the crowd clip: 0.03-0.7 where detection,
-        with many proposals, gives 0.9-0.98), so a box scoring under `search_below` is also
-        tried at the eight shifts of a tenth of its size, and the best-scoring answer is kept.
+        are placed as facenet-pytorch places them. Then O-Net runs once more, on its own
+        answers (detection's O-Net, too, sees a corrected box, R-Net's, not the first guess),
+        and on the eight shifts of a tenth of its size around each box that scored under
+        `search_below`: O-Net's score falls fast when a small face sits a little off its box
+        (a 26-px face of the crowd clip: 0.03-0.7 where detection, with many proposals, gives
+        0.9-0.98). Each face keeps its best-scoring answer.
         """
         height, width = frame.rgb.shape[:2]
         if len(boxes) == 0:
@@ -157,18 +159,21 @@ class FaceDetector:
         pixels = torch.from_numpy(frame.rgb).to(self.device)
         boxes = np.asarray(boxes, np.float64)
         refined, landmarks, scores = self._onet_at(pixels, boxes)
+        # One more O-Net call: each answer refined again (as detection's O-Net sees R-Net's
+        # corrected box, not the first guess), and each weak box's eight shifts.
         weak = np.flatnonzero(scores < search_below)
-        if len(weak):
-            sizes = np.stack([boxes[weak, 2] - boxes[weak, 0], boxes[weak, 3] - boxes[weak, 1]], axis=1) / 10
-            shifted = (boxes[weak, None, :] + np.tile(_SEARCH_SHIFTS[None] * sizes[:, None], (1, 1, 2))).reshape(-1, 4)
-            more_boxes, more_landmarks, more_scores = self._onet_at(pixels, shifted)
-            more_scores = more_scores.reshape(len(weak), len(_SEARCH_SHIFTS))
-            best = more_scores.argmax(axis=1)
-            better = more_scores[np.arange(len(weak)), best] > scores[weak]
-            chosen = weak[better]
-            picked = np.flatnonzero(better) * len(_SEARCH_SHIFTS) + best[better]
-            refined[chosen], landmarks[chosen] = more_boxes[picked], more_landmarks[picked]
-            scores[chosen] = more_scores.reshape(-1)[picked]
+        sizes = np.stack([boxes[weak, 2] - boxes[weak, 0], boxes[weak, 3] - boxes[weak, 1]], axis=1) / 10
+        shifted = (boxes[weak, None, :] + np.tile(_SEARCH_SHIFTS[None] * sizes[:, None], (1, 1, 2))).reshape(-1, 4)
+        more_boxes, more_landmarks, more_scores = self._onet_at(pixels, np.concatenate([refined, shifted]))
+        count = len(boxes)
+        # Per face, its candidates' rows in `more_*`: its own second pass, then its shifts if weak.
+        candidates = np.full((count, 1 + len(_SEARCH_SHIFTS)), -1)
+        candidates[:, 0] = np.arange(count)
+        candidates[weak, 1:] = count + np.arange(len(shifted)).reshape(len(weak), len(_SEARCH_SHIFTS))
+        candidate_scores = np.where(candidates >= 0, more_scores[candidates], -1.0)
+        best = candidates[np.arange(count), candidate_scores.argmax(axis=1)]
+        better = more_scores[best] > scores
+        refined[better], landmarks[better], scores[better] = more_boxes[best[better]], more_landmarks[best[better]], more_scores[best[better]]
         return Faces.of_frame(source, media_type, frame.index, frame.timestamp_s, (width, height),
                               refined, landmarks, scores, detected=False)
 

@@ -267,9 +267,10 @@ def test_a_video_read_to_its_end_has_its_last_frame_detected(tmp_path, annotator
 
 
 def test_refinement_searches_around_a_small_face_that_onet_scores_low(media_dir, annotator):
-    """A 26-px face of the crowd clip, found at keyframe 15: O-Net at its box alone scores it under
-    the refinement threshold on later frames (the track would be dropped), the search around the
-    box keeps it on every frame, on the face the detector finds there."""
+    """A 26-px face of the crowd clip, found at keyframe 15: without the search (O-Net at the box
+    and again at its own answer) it scores under the refinement threshold on a later frame (the
+    track would be dropped); the search around the box keeps it on every frame, on the face the
+    detector finds there."""
     import cv2
 
     from fer_batch.media import Frame
@@ -299,6 +300,6 @@ def test_refinement_searches_around_a_small_face_that_onet_scores_low(media_dir,
             box = found.boxes.astype(float)
         return scores, overlaps
 
-    assert min(follow(search_below=0.0)[0]) < 0.5  # O-Net at the box alone loses the face
+    assert min(follow(search_below=0.0)[0]) < 0.5  # no search: the face is lost
     scores, overlaps = follow(search_below=0.9)
     assert min(scores) >= 0.8 and min(overlaps) >= 0.5
