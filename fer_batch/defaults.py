@@ -22,9 +22,9 @@ DETECT_BATCH = 4  # frames of one video per detector call
 # (or --threshold, if lower): a face already followed needs less evidence than a new one, and the
 # first refinement after a detection scores lower (0.7 seen) before it settles above 0.97.
 REFINE_THRESHOLD = 0.5
-# A refined box scoring under this is also tried at the eight shifts of a tenth of its size,
-# the best answer kept (fer_batch.detection.FaceDetector.refine): O-Net alone loses small faces
-# a few pixels off their box.
+# Refinement runs O-Net twice per face, the second time at its own answer; a box scoring under
+# this is also tried at the eight shifts of a tenth of its size, the best answer kept
+# (fer_batch.detection.FaceDetector.refine): O-Net at one box loses small faces a few pixels off it.
 REFINE_SEARCH_BELOW = 0.9
 
 # Tracking
