@@ -19,7 +19,7 @@ import torch
 from fer_batch import defaults
 from fer_batch.faces import Faces
 from fer_batch.media import Frame
-from fer_batch.mtcnn import crop_box, detect_batch, normalise_pixels
+from fer_batch.mtcnn import crop_box, detect_batch, normalise_pixels, place_landmarks
 from fer_batch.runtime import bucket_size
 
 
@@ -194,10 +194,6 @@ class FaceDetector:
             regression, points, probabilities = self._onet(normalise_pixels(crops))
         regression, points = regression.cpu().double(), points.cpu().double()
         scores = np.where(valid, probabilities[:, 1].cpu().numpy(), 0.0)
-        box_width = (squares[:, 2] - squares[:, 0] + 1)[:, None]
-        box_height = (squares[:, 3] - squares[:, 1] + 1)[:, None]
-        landmarks = torch.stack(
-            [box_width * points[:, :5] + squares[:, :1] - 1, box_height * points[:, 5:] + squares[:, 1:2] - 1], dim=2
-        )
+        landmarks = place_landmarks(squares, points)
         refined = bbreg(squares.clone(), regression)
         return refined[:, :4].numpy(), landmarks.numpy(), scores

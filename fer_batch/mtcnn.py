@@ -157,6 +157,16 @@ def crop_box(pixels: torch.Tensor, box: torch.Tensor, size: int) -> torch.Tensor
     return interpolate(region, size=(size, size), mode="area")[0]
 
 
+def place_landmarks(boxes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(N, 5, 2) landmarks in frame pixels from O-Net's (N, 10) outputs (x then y, as fractions
+    of the box it was shown), placed in those (N, 4+) boxes as facenet-pytorch places them."""
+    box_width = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+    box_height = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+    return torch.stack(
+        [box_width * points[:, :5] + boxes[:, :1] - 1, box_height * points[:, 5:] + boxes[:, 1:2] - 1], dim=2
+    )
+
+
 def _chunked(network: torch.nn.Module, inputs: torch.Tensor, chunk: int = CHUNK) -> tuple[torch.Tensor, ...]:
     outputs = [network(inputs[start : start + chunk]) for start in range(0, len(inputs), chunk)]
     return tuple(torch.cat(parts) for parts in zip(*outputs))
@@ -237,11 +247,7 @@ def detect_batch(
     keep = scores > thresholds[2]
     boxes = torch.cat([boxes[keep, :4], scores[keep, None]], dim=1)
     image_index, regression, points = image_index[keep], regression[keep], points[keep]
-    box_width = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
-    box_height = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
-    landmarks = torch.stack(
-        [box_width * points[:, :5] + boxes[:, :1] - 1, box_height * points[:, 5:] + boxes[:, 1:2] - 1], dim=2
-    )
+    landmarks = place_landmarks(boxes, points)
     boxes = bbreg(boxes, regression)
     keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_index, 0.7, "Min")
     boxes, image_index, landmarks = boxes[keep].cpu().numpy(), image_index[keep].cpu().numpy(), landmarks[keep].cpu().numpy()

@@ -74,9 +74,7 @@ class IoUTracker:
             landmarks, score = frame.landmarks[detection_index], float(frame.det_score[detection_index])
             track = assignment.get(detection_index)
             if track is None:
-                track = _Track(self._next_id, box, np.zeros(4), landmarks, score, frame_index)
-                self._next_id += 1
-                self._tracks.append(track)
+                track = self._start(box, landmarks, score, frame_index)
             else:
                 elapsed = max(1, frame_index - track.last_frame)
                 track.velocity = 0.5 * track.velocity + 0.5 * (box - track.box) / elapsed
@@ -93,12 +91,18 @@ class IoUTracker:
     def start_tracks(self, frame_index: int, frame: Faces) -> Faces:
         """New tracks for faces known to be no live track's (found ahead of a keyframe); returns
         them with their new track ids."""
-        track_ids = np.arange(self._next_id, self._next_id + len(frame), dtype=np.int32)
-        self._next_id += len(frame)
-        for row, track_id in enumerate(track_ids.tolist()):
-            box = frame.boxes[row].astype(np.float64)
-            self._tracks.append(_Track(track_id, box, np.zeros(4), frame.landmarks[row], float(frame.det_score[row]), frame_index))
-        return frame.replace(track_id=track_ids)
+        track_ids = [
+            self._start(frame.boxes[row].astype(np.float64), frame.landmarks[row], float(frame.det_score[row]), frame_index).track_id
+            for row in range(len(frame))
+        ]
+        return frame.replace(track_id=np.array(track_ids, np.int32))
+
+    def _start(self, box: np.ndarray, landmarks: np.ndarray, score: float, frame_index: int) -> _Track:
+        """A new track, still, at `box`, under the next id."""
+        track = _Track(self._next_id, box, np.zeros(4), landmarks, score, frame_index)
+        self._next_id += 1
+        self._tracks.append(track)
+        return track
 
     def predictions(self, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
         """(track ids, predicted boxes (M, 4)) of every live track at `frame_index`, by track id."""

@@ -115,13 +115,10 @@ def detect_dataset(
     return dataset, errors, (np.stack(direct) if upscale else None)
 
 
-def temporal_labels(frame_probabilities: np.ndarray, gru_probabilities: np.ndarray, mode: str,
-                    stay: float = defaults.TEMPORAL_STAY, frame_index: np.ndarray | None = None,
-                    valid: np.ndarray | None = None) -> np.ndarray:
+def temporal_labels(frame_probabilities: np.ndarray, gru_probabilities: np.ndarray, mode: str, stay: float,
+                    frame_index: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """(B, T) labels of clips in a temporal mode (fer_batch.temporal), or "cnn_gru" for the bare GRU;
     rows laid out as `TrackedClips` (valid prefix at clip frames `frame_index`), -1 on padding."""
-    valid = np.ones(gru_probabilities.shape[:2], dtype=bool) if valid is None else valid
-    frame_index = np.broadcast_to(np.arange(valid.shape[1]), valid.shape) if frame_index is None else frame_index
     if mode == "none":
         labels = frame_probabilities.argmax(-1)
     elif mode == "cnn_gru":
@@ -133,12 +130,9 @@ def temporal_labels(frame_probabilities: np.ndarray, gru_probabilities: np.ndarr
     return np.where(valid, labels, -1)
 
 
-def change_lag(predicted: np.ndarray, truth: np.ndarray, frame_index: np.ndarray | None = None,
-               valid: np.ndarray | None = None) -> list[int]:
+def change_lag(predicted: np.ndarray, truth: np.ndarray, frame_index: np.ndarray, valid: np.ndarray) -> list[int]:
     """Clip frames from each true change to the first found frame from which the prediction names
     the new label (rows laid out as in `temporal_labels`)."""
-    valid = np.ones(truth.shape, dtype=bool) if valid is None else valid
-    frame_index = np.broadcast_to(np.arange(truth.shape[1]), truth.shape) if frame_index is None else frame_index
     lags = []
     for labels, true, frames, found in zip(predicted, truth, frame_index, valid):
         labels, true, frames = labels[found], true[found], frames[found]
