@@ -29,7 +29,7 @@ class Faces:
     boxes: np.ndarray  # (N, 4) float32, x1 y1 x2 y2 in original-frame pixels
     landmarks: np.ndarray  # (N, 5, 2) float32: left eye, right eye, nose, mouth left, mouth right
     det_score: np.ndarray  # (N,) float32, MTCNN probability
-    detected: np.ndarray  # (N,) bool, False between detector keyframes (a tracked box refined by O-Net)
+    detected: np.ndarray  # (N,) bool, False where O-Net refined a track's predicted box (between keyframes, or a face a keyframe's detector missed)
     frame_width: np.ndarray  # (N,) int32
     frame_height: np.ndarray  # (N,) int32
     track_id: np.ndarray | None = None  # (N,) int32, set by the tracker

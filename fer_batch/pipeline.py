@@ -226,7 +226,9 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -
     """Give every face a track id: per video an IoU tracker; on frames between detector keyframes
     `refine` (MTCNN's last stage) turns each live track's predicted box into a real box, landmarks
     and score, and tracks that score under `defaults.REFINE_THRESHOLD` (or `threshold`, if lower)
-    miss. In an image each face is its own track, numbered left to right.
+    miss. On a keyframe the tracks the detector missed are refined the same way, so a face whose
+    detector score dips under `threshold` for a frame keeps its row. In an image each face is its
+    own track, numbered left to right.
 
     A face that the next keyframe of the same detector window finds, and no track follows, is
     looked for on the frames before it (a batch tool has them): where O-Net, at the keyframe's
@@ -234,11 +236,31 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -
     """
     tracker = IoUTracker(options.track_iou, options.max_missed)
 
+    refine_threshold = min(options.threshold, defaults.REFINE_THRESHOLD)
+
     def refined_faces(frame: Frame, source: MediaSource) -> Faces:
         track_ids, predicted = tracker.predictions(frame.index)
         refined = refine(frame, predicted, source.relative, source.media_type).replace(track_id=track_ids)
-        keep = refined.det_score >= min(options.threshold, defaults.REFINE_THRESHOLD)
-        return tracker.update_tracks(frame.index, refined.select(keep))
+        return tracker.update_tracks(frame.index, refined.select(refined.det_score >= refine_threshold))
+
+    def keyframe_faces(frame: Frame, detected: Faces, source: MediaSource) -> Faces:
+        """The keyframe's detections on their tracks, and the live tracks the detector missed there
+        that refinement still finds (as between keyframes): a face the detector scores just under
+        `threshold` on one frame keeps its track and its row instead of blinking out."""
+        faces = tracker.update(frame.index, detected)
+        track_ids, predicted = tracker.predictions(frame.index, only_missing=True)
+        if not len(track_ids):
+            return faces
+        refined = refine(frame, predicted, source.relative, source.media_type).replace(track_id=track_ids)
+        keep = refined.det_score >= refine_threshold
+        if len(faces):  # not on a face the detector found: the track drifted onto another person, whose
+            # track it would take over on the next keyframe (overlapping as much as a track match does)
+            keep &= box_iou(refined.boxes.astype(np.float64), faces.boxes.astype(np.float64)).max(axis=1) < options.track_iou
+        recovered = tracker.recover(frame.index, refined.select(keep))
+        if not len(recovered):
+            return faces
+        both = Faces.concat([faces, recovered])
+        return both.select(np.argsort(both.track_id, kind="stable"))
 
     def early_faces(frame: Frame, upcoming: Faces, upcoming_index: int, present: Faces, source: MediaSource) -> Faces:
         """Faces of the next keyframe that no track follows, found already on `frame` (and not on
@@ -264,7 +286,8 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -
         keyframes = [frame.index for frame, detected in zip(batch.frames, batch.detect) if detected]
         for frame, detected in zip(batch.frames, batch.detect):
             if detected:
-                per_frame.append(tracker.update(frame.index, detections.select(detections.frame_index == frame.index)))
+                per_frame.append(keyframe_faces(frame, detections.select(detections.frame_index == frame.index),
+                                                batch.run.source))
                 continue
             faces = refined_faces(frame, batch.run.source)
             upcoming = next((index for index in keyframes if index > frame.index), None)

@@ -32,6 +32,11 @@ How the work is cut and joined again:
 
 Ids equal the local engine's where stitching is exact: a track that the local tracker would
 have continued across a boundary through a gap longer than the overlap gets a new id here.
+Detected boxes are the local engine's exactly; a box refined from a track's predicted box
+(between keyframes, or where a keyframe's detector missed the face) may differ by hundredths
+of a pixel, because the prediction's velocity averages a past that a segment has seen only
+since its overlap, and a refined face O-Net scores at the refinement threshold may be kept
+on one side and not the other.
 """
 
 from __future__ import annotations

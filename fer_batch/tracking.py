@@ -1,11 +1,13 @@
 """Face tracking across the frames of one video.
 
-A greedy IoU tracker with a constant-velocity box prediction: detections are matched
-to the predicted boxes of live tracks, best overlap first; unmatched detections start
-new tracks; a track survives `max_missed` rounds without a match, so a face hidden
-for a moment keeps its id. Between detector keyframes (detect-every-k), each live
-track's predicted box is refined by MTCNN's last stage and the track moves on with
-the refined box (`predictions` and `update_tracks`). One tracker per video.
+A greedy IoU tracker with a constant-velocity box prediction (the box moves, its size
+stays): detections are matched to the predicted boxes of live tracks, best overlap first;
+unmatched detections start new tracks; a track survives `max_missed` rounds without a
+match, so a face hidden for a moment keeps its id. Between detector keyframes
+(detect-every-k), each live track's predicted box is refined by MTCNN's last stage and the
+track moves on with the refined box (`predictions` and `update_tracks`); on a keyframe, the
+tracks the detector missed are refined the same way (`predictions(only_missing=True)` and
+`recover`). One tracker per video.
 """
 
 from __future__ import annotations
@@ -29,7 +31,18 @@ class _Track:
     missed: int = 0
 
     def predicted_box(self, frame_index: int) -> np.ndarray:
-        return self.box + self.velocity * (frame_index - self.last_frame)
+        """The last box moved on by the track's velocity; its size is kept, since a face's size
+        changes slowly and refined boxes' sizes are noisy (extrapolated, a few frames of that
+        noise grow a box past what O-Net recognises)."""
+        shift = (self.velocity[:2] + self.velocity[2:]) / 2 * (frame_index - self.last_frame)
+        return self.box + np.tile(shift, 2)
+
+    def move(self, frame_index: int, box: np.ndarray, landmarks: np.ndarray, score: float) -> None:
+        """The track's face on `frame_index`: its velocity follows, its misses are cleared."""
+        elapsed = max(1, frame_index - self.last_frame)
+        self.velocity = 0.5 * self.velocity + 0.5 * (box - self.box) / elapsed
+        self.box, self.landmarks, self.score = box, landmarks, score
+        self.last_frame, self.missed = frame_index, 0
 
 
 def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
@@ -76,10 +89,7 @@ class IoUTracker:
             if track is None:
                 track = self._start(box, landmarks, score, frame_index)
             else:
-                elapsed = max(1, frame_index - track.last_frame)
-                track.velocity = 0.5 * track.velocity + 0.5 * (box - track.box) / elapsed
-                track.box, track.landmarks, track.score = box, landmarks, score
-                track.last_frame, track.missed = frame_index, 0
+                track.move(frame_index, box, landmarks, score)
             track_ids[detection_index] = track.track_id
         for index, track in enumerate(live):
             if index not in matched_tracks and track.last_frame != frame_index:
@@ -104,9 +114,12 @@ class IoUTracker:
         self._tracks.append(track)
         return track
 
-    def predictions(self, frame_index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(track ids, predicted boxes (M, 4)) of every live track at `frame_index`, by track id."""
+    def predictions(self, frame_index: int, *, only_missing: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(track ids, predicted boxes (M, 4)) of every live track at `frame_index`, by track id;
+        with `only_missing`, of those with no face on that frame yet (a keyframe's detector missed them)."""
         live = sorted(self._tracks, key=lambda track: track.track_id)
+        if only_missing:
+            live = [track for track in live if track.last_frame != frame_index]
         boxes = np.array([track.predicted_box(frame_index) for track in live], np.float64).reshape(-1, 4)
         return np.array([track.track_id for track in live], np.int32), boxes
 
@@ -114,6 +127,24 @@ class IoUTracker:
         """A round where each face already names its track (boxes refined from the predictions):
         those tracks move on, the others miss. Of two faces that landed on one person, the more
         confident keeps its track. Returns the kept faces, ordered by track id."""
+        kept = self._move_named(frame_index, frame)
+        moved = set(kept.track_id.tolist())
+        for track in self._tracks:
+            if track.track_id not in moved:
+                track.missed += 1
+        self._tracks = [track for track in self._tracks if track.missed <= self.max_missed]
+        return kept
+
+    def recover(self, frame_index: int, frame: Faces) -> Faces:
+        """Faces of tracks a keyframe's detector missed, found by refining their predicted boxes
+        (each face names its track): those tracks move on and their miss of this round is
+        forgiven. Of two faces that landed on one person, the more confident keeps its track.
+        Returns the kept faces, ordered by track id."""
+        return self._move_named(frame_index, frame)
+
+    def _move_named(self, frame_index: int, frame: Faces) -> Faces:
+        """Move each face's named track to it, the more confident of two overlapping faces (IoU >= 0.5)
+        only; returns the faces kept, ordered by track id."""
         order = np.argsort(-frame.det_score, kind="stable")
         boxes = frame.boxes[order].astype(np.float64)
         overlaps = box_iou(boxes, boxes)
@@ -123,18 +154,9 @@ class IoUTracker:
                 kept_positions.append(position)
         kept = order[kept_positions].tolist()
         by_id = {track.track_id: track for track in self._tracks}
-        updated = set()
         for row in kept:
-            track = by_id[int(frame.track_id[row])]
-            box = frame.boxes[row].astype(np.float64)
-            elapsed = max(1, frame_index - track.last_frame)
-            track.velocity = 0.5 * track.velocity + 0.5 * (box - track.box) / elapsed
-            track.box, track.landmarks, track.score = box, frame.landmarks[row], float(frame.det_score[row])
-            track.last_frame, track.missed = frame_index, 0
-            updated.add(track.track_id)
-        for track in self._tracks:
-            if track.track_id not in updated:
-                track.missed += 1
-        self._tracks = [track for track in self._tracks if track.missed <= self.max_missed]
+            by_id[int(frame.track_id[row])].move(
+                frame_index, frame.boxes[row].astype(np.float64), frame.landmarks[row], float(frame.det_score[row])
+            )
         result = frame.select(np.array(sorted(kept), np.int64))
         return result.select(np.argsort(result.track_id, kind="stable"))

@@ -88,15 +88,16 @@ def test_jitter_measures_the_shake_and_not_the_walk():
 
 
 def test_jitter_of_the_shared_crowd_is_what_the_realistic_clips_use():
-    """The golden annotate output of ../shared/media (every frame) gives the measured defaults."""
+    """The golden annotate output of ../shared/media (every frame) gives the measured defaults; its
+    tracks miss no more frames, in no longer gaps, than the realistic clips do."""
     measured = alignment_jitter(pd.read_parquet(GOLDEN))
     realism = Realism()
     assert measured["tracks"] >= 8
     assert measured["shift_std"] == pytest.approx(realism.shift_std, rel=0.1)
     assert measured["log_scale_std"] == pytest.approx(realism.log_scale_std, rel=0.1)
     assert measured["angle_std_deg"] == pytest.approx(realism.angle_std_deg, rel=0.1)
-    assert measured["missed_frame_share"] == pytest.approx(realism.missed_frame_share, rel=0.1)
-    assert measured["max_missed_run"] == realism.max_missed_run
+    assert 0 < measured["missed_frame_share"] <= realism.missed_frame_share
+    assert 1 <= measured["max_missed_run"] <= realism.max_missed_run
 
 
 def test_missed_frames_are_as_common_as_in_the_crowd_tracks(publictest):

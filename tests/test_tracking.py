@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fer_batch.faces import Faces
 from fer_batch.tracking import IoUTracker, box_iou
@@ -76,6 +77,41 @@ def test_predictions_follow_velocity_and_refined_rounds_keep_ids():
     tracker.update_tracks(4, _frame(4, [(140, 100)]).replace(track_id=np.array([1], np.int32)))
     tracker.update_tracks(5, _frame(5, [(150, 100)]).replace(track_id=np.array([1], np.int32)))
     assert tracker.predictions(6)[0].tolist() == [1]
+
+
+def test_a_track_the_keyframe_detector_missed_is_recovered_and_its_miss_forgiven():
+    """Keyframe 1 detects A but not B: only B is offered to refinement (`only_missing`); B's refined
+    face moves B on, and B's miss of that round is forgiven; a second face landing on A's person
+    is dropped for the more confident one."""
+    tracker = IoUTracker(track_iou=0.3, max_missed=1)  # a second miss in a row ends a track
+    tracker.update(0, _frame(0, [(100, 100), (400, 100)]))  # A = 1, B = 2
+    tracker.update(1, _frame(1, [(104, 100)]))  # B missed by the detector
+    ids, predicted = tracker.predictions(1, only_missing=True)
+    assert ids.tolist() == [2] and np.allclose(predicted, [[400, 100, 460, 160]])
+    refound = _frame(1, [(403, 101), (405, 103)]).replace(
+        track_id=np.array([2, 2], np.int32), det_score=np.array([0.7, 0.6], np.float32), detected=np.zeros(2, bool)
+    )
+    kept = tracker.recover(1, refound)
+    assert kept.track_id.tolist() == [2] and kept.boxes[0, 0] == 403  # the more confident of the two
+    tracker.update(2, _frame(2, [(108, 100)]))  # B's first miss in a row now (frame 1's was forgiven)
+    assert tracker.predictions(3)[0].tolist() == [1, 2]
+    tracker.update(3, _frame(3, [(112, 100)]))  # and its second: B ends
+    assert tracker.predictions(4)[0].tolist() == [1]
+
+
+def test_a_prediction_moves_the_box_and_keeps_its_size():
+    """A face moving right while its boxes grow: the prediction moves the centre on at the track's
+    velocity but keeps the last size (extrapolated, refinement's size noise grew boxes until O-Net
+    lost a 30-px crowd face)."""
+    tracker = IoUTracker()
+    tracker.update(0, _frame(0, [(100, 100)], size=60))
+    tracker.update(1, _frame(1, [(106, 100)], size=64))  # centre moves by (8, 2), size by 4
+    _, predicted = tracker.predictions(3)
+    box = predicted[0]
+    assert box[2] - box[0] == pytest.approx(64) and box[3] - box[1] == pytest.approx(64)
+    centre = (box[:2] + box[2:]) / 2
+    # velocity after one match: half the per-frame change (the average with the zero start)
+    assert centre == pytest.approx(np.array([138.0, 132.0]) + 2 * np.array([4.0, 1.0]))
 
 
 def test_box_iou():
