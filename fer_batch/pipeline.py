@@ -238,24 +238,26 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -
 
     refine_threshold = min(options.threshold, defaults.REFINE_THRESHOLD)
 
-    def refined_faces(frame: Frame, source: MediaSource) -> Faces:
-        track_ids, predicted = tracker.predictions(frame.index)
+    def refined_tracks(frame: Frame, source: MediaSource, only_missing: bool) -> Faces:
+        """Live tracks' predicted boxes on `frame` (with `only_missing`, those of tracks with no face
+        there yet) refined by O-Net, under their track ids; the ones scoring the refine threshold."""
+        track_ids, predicted = tracker.predictions(frame.index, only_missing=only_missing)
         refined = refine(frame, predicted, source.relative, source.media_type).replace(track_id=track_ids)
-        return tracker.update_tracks(frame.index, refined.select(refined.det_score >= refine_threshold))
+        return refined.select(refined.det_score >= refine_threshold)
+
+    def refined_faces(frame: Frame, source: MediaSource) -> Faces:
+        return tracker.update_tracks(frame.index, refined_tracks(frame, source, only_missing=False))
 
     def keyframe_faces(frame: Frame, detected: Faces, source: MediaSource) -> Faces:
         """The keyframe's detections on their tracks, and the live tracks the detector missed there
         that refinement still finds (as between keyframes): a face the detector scores just under
         `threshold` on one frame keeps its track and its row instead of blinking out."""
         faces = tracker.update(frame.index, detected)
-        track_ids, predicted = tracker.predictions(frame.index, only_missing=True)
-        if not len(track_ids):
-            return faces
-        refined = refine(frame, predicted, source.relative, source.media_type).replace(track_id=track_ids)
-        keep = refined.det_score >= refine_threshold
-        if len(faces):  # not on a face the detector found: the track drifted onto another person, whose
-            # track it would take over on the next keyframe (overlapping as much as a track match does)
-            keep &= box_iou(refined.boxes.astype(np.float64), faces.boxes.astype(np.float64)).max(axis=1) < options.track_iou
+        refined = refined_tracks(frame, source, only_missing=True)
+        keep = np.ones(len(refined), bool)
+        if len(faces) and len(refined):  # not on a face the detector found: the track drifted onto another
+            # person, whose track it would take over on the next keyframe (overlapping as a track match does)
+            keep = box_iou(refined.boxes.astype(np.float64), faces.boxes.astype(np.float64)).max(axis=1) < options.track_iou
         recovered = tracker.recover(frame.index, refined.select(keep))
         if not len(recovered):
             return faces

@@ -186,11 +186,13 @@ class Trainer:
         counts = np.maximum(self.train_set.class_counts(), 1).astype(np.float64)
         weights = (counts.sum() / counts) ** config.class_weight_power
         self.class_weights = torch.tensor(weights / weights.mean(), dtype=torch.float32, device=self.device)
+        # The GRU stage's clips: plain, or with real video's shake, blur, artefacts and missed frames.
+        self.clip_realism = Realism() if config.realistic_clips else None
         # Fixed PublicTest clips, so clip accuracy is comparable between epochs; of the kind the
         # GRU trains on, so the epoch chosen is the best on such clips.
         self.test_clips = make_clips(
             self.test_set, min(400, 4 * len(self.test_set)), config.clip_length, self.preprocessing,
-            torch.Generator().manual_seed(12345), realism=Realism() if config.realistic_clips else None,
+            torch.Generator().manual_seed(12345), realism=self.clip_realism,
         ).tracked()
         self.epoch = 0
         self.stage = "frame"
@@ -339,7 +341,7 @@ class Trainer:
         total_loss, correct, seen = 0.0, 0, 0
         for _ in range(self._steps_per_epoch()):
             clips = make_clips(self.train_set, clips_per_step, self.config.clip_length, self.preprocessing, self.generator,
-                               realism=Realism() if self.config.realistic_clips else None).tracked()
+                               realism=self.clip_realism).tracked()
             with torch.no_grad(), self._autocast():
                 frames = clips.frames.flatten(0, 1).to(self.device)
                 features = self.model.encode(frames, flip_average=self.preprocessing.tta_flip)
