@@ -18,6 +18,13 @@ MAX_DETECT_SIDE = 4096  # larger frames are shrunk to this longest side for dete
 MAX_IMAGE_PIXELS = 200_000_000  # images declaring more are refused before decoding (decompression bombs)
 DETECT_EVERY = 1  # run the detector on every k-th annotated frame, track in between
 DETECT_BATCH = 4  # frames of one video per detector call
+# The detector searches for faces smaller than SMALL_FACE_FACTOR x MIN_FACE_SIZE (30 px) only on
+# every SMALL_FACES_EVERY-th annotated frame (rounded up to a detector frame), and on a video's
+# last: the pyramid levels that find them are three quarters of P-Net's work. Faces already
+# tracked are refined on every frame whatever their size (pipeline.track_faces), so a small face
+# keeps its rows; a new one is found within SMALL_FACES_EVERY frames.
+SMALL_FACES_EVERY = 5
+SMALL_FACE_FACTOR = 1.5
 # Between keyframes a tracked face stays while O-Net's score on its refined box is at least this
 # (or --threshold, if lower): a face already followed needs less evidence than a new one, and the
 # first refinement after a detection scores lower (0.7 seen) before it settles above 0.97.

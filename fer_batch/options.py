@@ -14,6 +14,7 @@ there, and a test checks that the CLI's flags and defaults equal these fields.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,7 @@ class RunOptions:
     detect_scale: float = defaults.DETECT_SCALE  # frames are resized by this before detection
     detect_every: int = defaults.DETECT_EVERY  # detector on every k-th annotated frame, tracker in between
     detect_batch: int = defaults.DETECT_BATCH  # video frames per detector call
+    small_faces_every: int = defaults.SMALL_FACES_EVERY  # search for faces under small_face_size on every k-th annotated frame
     batch_size: int = defaults.BATCH_SIZE  # face crops per classifier batch
     track_iou: float = defaults.TRACK_IOU  # least overlap of a track's predicted box and a detection
     max_missed: int = defaults.MAX_MISSED  # detection rounds a track survives unmatched
@@ -73,6 +75,7 @@ class RunOptions:
             (0.0 < self.detect_scale <= 4.0, "detect_scale must be in (0, 4]"),
             (self.detect_every >= 1, "detect_every must be at least 1"),
             (self.detect_batch >= 1, "detect_batch must be at least 1"),
+            (self.small_faces_every >= 1, "small_faces_every must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (0.0 <= self.track_iou <= 1.0, "track_iou must be between 0 and 1"),
             (self.max_missed >= 0, "max_missed must be at least 0"),
@@ -81,6 +84,17 @@ class RunOptions:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    @property
+    def small_face_size(self) -> int:
+        """Faces under this many pixels are searched for only on small-face frames (`small_faces_every`)."""
+        return math.ceil(self.min_face_size * defaults.SMALL_FACE_FACTOR)
+
+    @property
+    def small_face_period(self) -> int:
+        """Detector frames from one small-face search to the next: `small_faces_every` annotated
+        frames rounded up to a whole number of detector frames."""
+        return math.ceil(self.small_faces_every / self.detect_every)
 
     def replace(self, **changes: Any) -> "RunOptions":
         return dataclasses.replace(self, **changes)

@@ -83,6 +83,7 @@ class FrameBatch:
     frames: list[Frame]
     frame_count: int
     detect: list[bool] = field(default_factory=list)  # per frame: does the detector see it
+    small_faces: list[bool] = field(default_factory=list)  # per frame: does the detector search it down to min_face_size
     faces: Faces | None = None
 
 
@@ -172,18 +173,27 @@ def _guarded(batch: FrameBatch, stage: str, work) -> FrameBatch | None:
 
 def detect_faces(events: Iterable[Event], detector: FaceDetector, options: RunOptions) -> Iterator[Event]:
     """Group frames into windows of `detect_batch` detector frames (every `detect_every`-th frame,
-    and a video's last frame) and detect."""
+    and a video's last frame) and detect: faces from `min_face_size` up on every
+    `small_face_period`-th detector frame and the last, from `small_face_size` up on the others."""
     window: list[FrameBatch] = []
     window_detections = 0  # frames in the window the detector will see
     sampled = 0
 
     def detect(batch: FrameBatch) -> FrameBatch:
-        chosen = [frame for frame, flag in zip(batch.frames, batch.detect) if flag]
-        faces = detector.detect(
-            chosen, batch.run.source.relative, batch.run.source.media_type, threshold=options.threshold,
-            min_face_size=options.min_face_size, detect_scale=options.detect_scale,
-        )
-        return replace(batch, faces=faces)
+        source = batch.run.source
+        parts = []
+        for small_faces, min_face_size in ((True, options.min_face_size), (False, options.small_face_size)):
+            chosen = [frame for frame, flag, small in zip(batch.frames, batch.detect, batch.small_faces)
+                      if flag and small == small_faces]
+            if chosen:
+                parts.append(detector.detect(
+                    chosen, source.relative, source.media_type, threshold=options.threshold,
+                    min_face_size=min_face_size, detect_scale=options.detect_scale,
+                ))
+        if not parts:
+            return replace(batch, faces=Faces.empty(source.relative, source.media_type))
+        faces = Faces.concat(parts)
+        return replace(batch, faces=faces.select(np.argsort(faces.frame_index, kind="stable")))
 
     def flush() -> Iterator[Event]:
         nonlocal window, window_detections
@@ -191,6 +201,7 @@ def detect_faces(events: Iterable[Event], detector: FaceDetector, options: RunOp
             merged = FrameBatch(
                 window[0].run, [frame for batch in window for frame in batch.frames],
                 sum(batch.frame_count for batch in window), [flag for batch in window for flag in batch.detect],
+                small_faces=[flag for batch in window for flag in batch.small_faces],
             )
             window, window_detections = [], 0
             detected = _guarded(merged, "detect", detect)
@@ -201,18 +212,25 @@ def detect_faces(events: Iterable[Event], detector: FaceDetector, options: RunOp
         if isinstance(event, FrameBatch):
             if event.run.failed:
                 continue
-            flags = [(sampled + offset) % options.detect_every == 0 for offset in range(event.frame_count)]
+            numbers = range(sampled, sampled + event.frame_count)
+            flags = [number % options.detect_every == 0 for number in numbers]
+            small = [flag and (number // options.detect_every) % options.small_face_period == 0
+                     for number, flag in zip(numbers, flags)]
             sampled += event.frame_count
-            window.append(replace(event, detect=flags))
-            window_detections += sum(flags)
             if window_detections >= options.detect_batch:
+                # A full window is detected once the next frame comes: a window's last frame may be
+                # the video's last, which SourceFinished then makes a small-face frame.
                 yield from flush()
+            window.append(replace(event, detect=flags, small_faces=small))
+            window_detections += sum(flags)
             continue
         if isinstance(event, SourceFinished):
-            if event.run.reached_end and window and not window[-1].detect[-1]:
-                # The video's last frame is a keyframe too: a face that walks in after the last
-                # regular keyframe is found there, and early track starts carry it back.
-                window[-1] = replace(window[-1], detect=[*window[-1].detect[:-1], True])
+            if event.run.reached_end and window and not window[-1].small_faces[-1]:
+                # The video's last frame is a keyframe too, searched for faces of every size: a face
+                # that walks in after the last regular keyframe is found there, and early track
+                # starts carry it back.
+                last = window[-1]
+                window[-1] = replace(last, detect=[*last.detect[:-1], True], small_faces=[*last.small_faces[:-1], True])
             yield from flush()
         else:
             sampled = 0

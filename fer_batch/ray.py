@@ -12,8 +12,9 @@ How the work is cut and joined again:
    owns: the overlap covers `max_missed + 2` detector rounds, so any track the whole-video
    tracker still holds at the boundary has been seen in the overlap, and `--fps` sampling
    (which needs one frame to know its bucket) is exact from the second frame on. Segment
-   boundaries are multiples of `every_nth * detect_every * detect_batch` frames, so keyframes
-   and detector batches fall where they fall in the whole video.
+   boundaries are multiples of `every_nth * detect_every * detect_batch * small_face_period`
+   frames, so keyframes, small-face searches and detector batches fall where they fall in the
+   whole video.
 2. An actor pool (`workers` actors, each loading the models once; `gpus_per_worker` GPUs
    each on GPU clusters) reads, detects, tracks, aligns and encodes each unit with the local
    engine's own stages, and returns the faces with the CNN features of their crops.
@@ -33,10 +34,13 @@ How the work is cut and joined again:
 Ids equal the local engine's where stitching is exact: a track that the local tracker would
 have continued across a boundary through a gap longer than the overlap gets a new id here.
 Detected boxes are the local engine's exactly; a box refined from a track's predicted box
-(between keyframes, or where a keyframe's detector missed the face) may differ by hundredths
-of a pixel, because the prediction's velocity averages a past that a segment has seen only
-since its overlap, and a refined face O-Net scores at the refinement threshold may be kept
-on one side and not the other.
+(between keyframes, where a keyframe's detector missed the face, or a small face between
+small-face frames) may differ, mostly by hundredths of a pixel, sometimes by a few pixels
+(measured: IoU 0.85 or more with the local box), because the prediction's velocity averages
+a past that a segment has seen only since its overlap (where a small face's track may start
+only at a small-face frame), and O-Net's search around a weak box keeps whichever shift
+scores best, so a small change in the prediction can pick another shift. A refined face
+O-Net scores at the refinement threshold may be kept on one side and not the other.
 """
 
 from __future__ import annotations
@@ -100,20 +104,22 @@ def _keyframe_step(options: RunOptions) -> int:
     """Frames between possible cuts: a cut on this grid starts a detector window where the whole
     video's reader starts one, so the detector sees the same batches of frames (its boxes
     depend, in the last float bits that can tip a choice, on what else is in the batch)."""
-    return options.every_nth * options.detect_every * options.detect_batch if options.fps is None else 1
+    if options.fps is not None:
+        return 1
+    return options.every_nth * options.detect_every * options.detect_batch * options.small_face_period
 
 
 def plan_segments(frame_count: int, video_fps: float, options: RunOptions, segment_s: float) -> list[tuple[int, int, int | None]]:
     """(start_frame, owned_start, stop_frame) per segment of a video of `frame_count` frames.
 
     One segment (the whole video, as the local engine reads it) when the count is unknown, or
-    when `--fps` with `--detect-every` > 1 or with `--max-frames` leaves keyframes or the last
-    frame unknowable before reading.
+    when `--fps` with `--detect-every` > 1, with small-face searches not on every frame, or with
+    `--max-frames` leaves keyframes, small-face frames or the last frame unknowable before reading.
     """
     whole = [(0, 0, None)]
     if frame_count <= 0 or video_fps <= 0 or segment_s <= 0:
         return whole
-    if options.fps is not None and (options.detect_every > 1 or options.max_frames is not None):
+    if options.fps is not None and (options.detect_every > 1 or options.small_face_period > 1 or options.max_frames is not None):
         return whole
     end = frame_count
     if options.max_frames is not None:

@@ -45,6 +45,20 @@ def test_options_split_into_what_is_loaded_and_what_is_per_run():
     assert run == RunOptions(detect_scale=0.5, glob=("*.mp4",))
     with pytest.raises(ValueError, match="detect_scale must be in"):
         RunOptions(detect_scale=0)
+    with pytest.raises(ValueError, match="small_faces_every must be at least 1"):
+        RunOptions(small_faces_every=0)
+
+
+@pytest.mark.parametrize(("changes", "size", "period"), [
+    ({}, 30, 5),  # the defaults: faces under 30 px on every 5th frame
+    ({"min_face_size": 15}, 23, 5),  # 1.5x, rounded up
+    ({"detect_every": 2}, 30, 3),  # 5 frames is 2.5 keyframes: every 3rd keyframe
+    ({"detect_every": 10}, 30, 1),  # every keyframe
+    ({"small_faces_every": 1}, 30, 1),
+])
+def test_the_small_face_size_and_period_follow_from_the_options(changes, size, period):
+    options = RunOptions(**changes)
+    assert (options.small_face_size, options.small_face_period) == (size, period)
     with pytest.raises(ValueError, match="unknown precision 'fp16'; use one of auto, fp32, int8"):
         ModelOptions(precision="fp16")
 

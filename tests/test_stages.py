@@ -198,7 +198,7 @@ def test_refinement_between_keyframes_keeps_ids_and_boxes_on_the_crowd(media_dir
     source = MediaSource(media_dir / "walking-crowd-1080p.mp4", "crowd.mp4", "video")
 
     def faces_of(detect_every: int) -> Faces:
-        options = RunOptions(max_frames=12, detect_every=detect_every)
+        options = RunOptions(max_frames=12, detect_every=detect_every, small_faces_every=1)
         events = detect_faces(read_frames([source], options), annotator.detector, options)
         tracked = track_faces(events, options, annotator.detector.refine)
         return Faces.concat([event.faces for event in tracked if isinstance(event, FrameBatch)])
@@ -229,7 +229,7 @@ def test_a_face_the_next_keyframe_finds_is_tracked_from_the_frames_before_it(med
     source = MediaSource(media_dir / "walking-crowd-1080p.mp4", "crowd.mp4", "video")
 
     def faces_of(detect_every: int) -> Faces:
-        options = RunOptions(max_frames=20, detect_every=detect_every, detect_batch=4)
+        options = RunOptions(max_frames=20, detect_every=detect_every, detect_batch=4, small_faces_every=1)
         events = detect_faces(read_frames([source], options), annotator.detector, options)
         tracked = track_faces(events, options, annotator.detector.refine)
         return Faces.concat([event.faces for event in tracked if isinstance(event, FrameBatch)])
@@ -278,7 +278,7 @@ def test_a_face_the_keyframe_detector_misses_keeps_its_track_and_row(media_dir, 
 
 
 def test_a_track_refined_onto_a_detected_face_does_not_take_its_id(tmp_path, media_dir, annotator):
-    """The crowd's first 36 frames at 640x360, the detector on every frame: a face that fades out
+    """The crowd's first 36 frames at 640x360, the detector on every frame (all sizes): a face that fades out
     behind a neighbour (refined from frame 24 on, the detector no longer finds it) drifts toward
     the neighbour's face. Its refined box is dropped once it overlaps the neighbour's detection as
     a track match would, so the neighbour keeps one id on every frame (it was taken over at 33)."""
@@ -292,7 +292,7 @@ def test_a_track_refined_onto_a_detected_face_does_not_take_its_id(tmp_path, med
         assert ok
         writer.write(cv2.resize(frame, (640, 360), interpolation=cv2.INTER_AREA))
     writer.release()
-    options = RunOptions()
+    options = RunOptions(small_faces_every=1)  # the neighbour is under 30 px: detected on every frame
     events = detect_faces(read_frames([MediaSource(video, "crowd.mp4", "video")], options), annotator.detector, options)
     faces = Faces.concat([event.faces for event in track_faces(events, options, annotator.detector.refine)
                           if isinstance(event, FrameBatch)])
@@ -319,6 +319,43 @@ def test_a_video_read_to_its_end_has_its_last_frame_detected(tmp_path, annotator
     detected = [frame.index for event in events if isinstance(event, FrameBatch)
                 for frame, flag in zip(event.frames, event.detect) if flag]
     assert detected == keyframes
+
+
+@pytest.mark.parametrize(("options", "small_face_frames"), [
+    (RunOptions(), [0, 5, 10, 11]),  # every 5th frame, and the last
+    (RunOptions(small_faces_every=1), list(range(12))),
+    (RunOptions(detect_every=2, small_faces_every=5), [0, 6, 11]),  # every 3rd keyframe: 5 frames rounded up
+    (RunOptions(detect_every=5, small_faces_every=5), [0, 5, 10, 11]),  # every keyframe
+])
+def test_small_faces_are_searched_for_on_every_kth_frame_and_the_last(tmp_path, annotator, options, small_face_frames):
+    video = write_video(tmp_path / "clip.mp4", 12)
+    events = detect_faces(read_frames([MediaSource(video, "clip.mp4", "video")], options), annotator.detector, options)
+    batches = [event for event in events if isinstance(event, FrameBatch)]
+    flags = [(frame.index, detect, small) for batch in batches
+             for frame, detect, small in zip(batch.frames, batch.detect, batch.small_faces)]
+    assert [index for index, _, small in flags if small] == small_face_frames
+    assert all(detect for _, detect, small in flags if small)
+
+
+def test_a_small_face_is_found_on_a_small_face_frame_and_followed_between_them(media_dir, annotator):
+    """The crowd's first 11 frames at the defaults: faces under 30 px are searched for on frames 0,
+    5 and 10 only, so on the frames between the detector reports none. A face of about 30 px at
+    (1328, 661), 29 px on frame 5, still has one track with a row on every frame from 1 to 10:
+    detected where it measures 30 px or more, refined by O-Net where the detector leaves it out."""
+    source = MediaSource(media_dir / "walking-crowd-1080p.mp4", "crowd.mp4", "video")
+    options = RunOptions(max_frames=11)
+    assert options.small_face_size == 30
+    events = detect_faces(read_frames([source], options), annotator.detector, options)
+    batches = [event for event in track_faces(events, options, annotator.detector.refine) if isinstance(event, FrameBatch)]
+    faces = Faces.concat([batch.faces for batch in batches])
+    sides = np.maximum(faces.boxes[:, 2] - faces.boxes[:, 0], faces.boxes[:, 3] - faces.boxes[:, 1])
+    between = ~np.isin(faces.frame_index, [0, 5, 10])
+    assert not (faces.detected & between & (sides < options.small_face_size)).any()
+    small = np.flatnonzero(faces.detected & (faces.frame_index == 5) & (sides < options.small_face_size))
+    assert len(small) == 1 and abs(faces.boxes[small[0], 0] - 1328) < 3  # the face at (1328, 661)
+    rows = faces.track_id == faces.track_id[small[0]]
+    assert sorted(faces.frame_index[rows]) == list(range(1, 11))
+    assert (~faces.detected[rows & between]).sum() >= 2  # refined on frames the detector left it out
 
 
 def test_refinement_searches_around_a_small_face_that_onet_scores_low(media_dir, annotator):

@@ -60,6 +60,7 @@ def annotate(
     detect_scale: float = typer.Option(defaults.DETECT_SCALE, "--detect-scale", help="Resize frames by this before detection (0.5 = 4x fewer pixels)."),
     detect_every: int = typer.Option(defaults.DETECT_EVERY, "--detect-every", min=1, help="Run the detector on every k-th annotated frame; in between, refine each track's predicted box with O-Net."),
     detect_batch: int = typer.Option(defaults.DETECT_BATCH, "--detect-batch", min=1, help="Video frames per detector call (raise it on a GPU)."),
+    small_faces_every: int = typer.Option(defaults.SMALL_FACES_EVERY, "--small-faces-every", min=1, help="Search for new faces under 1.5x --min-face-size only on every k-th annotated frame (rounded up to a detector frame); tracked faces are followed on every frame. 1: on every detector frame."),
     batch_size: int = typer.Option(defaults.BATCH_SIZE, "--batch-size", min=1, help="Face crops per classifier batch."),
     track_iou: float = typer.Option(defaults.TRACK_IOU, "--track-iou", help="Least overlap of a track's predicted box and a detection to continue the track."),
     max_missed: int = typer.Option(defaults.MAX_MISSED, "--max-missed", min=0, help="Detection rounds a track survives without a matching face."),
@@ -86,7 +87,7 @@ def annotate(
     run_values = dict(  # the RunOptions fields, by their own names (fer_batch.options)
         glob=tuple(glob), exclude=tuple(exclude), every_nth=every_nth, fps=fps, max_frames=max_frames,
         threshold=threshold, min_face_size=min_face_size, detect_scale=detect_scale, detect_every=detect_every,
-        detect_batch=detect_batch, batch_size=batch_size, track_iou=track_iou, max_missed=max_missed,
+        detect_batch=detect_batch, small_faces_every=small_faces_every, batch_size=batch_size, track_iou=track_iou, max_missed=max_missed,
         temporal=temporal,
     )
     if engine == "ray":

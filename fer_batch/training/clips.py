@@ -47,13 +47,14 @@ class Realism:
     blur_max_px: int = 5
     jpeg_quality: tuple[int, int] = (30, 90)  # per clip, every frame re-encoded
     brief_occlusion_probability: float = 0.2  # per clip: a block over 1-3 consecutive frames
-    # Frames missing inside a track, in gaps of 1-3 frames: 3.8 % of the frames between a track's
-    # first and last face, measured as above when a face the detector missed on a frame had no
-    # row there. Since keyframe recovery (fer_batch.pipeline.track_faces) the crowd tracks miss
-    # 0.16 %, in single frames; the clips keep the higher rate, that of a face lost for a moment
-    # (turned away, hidden) which refinement cannot hold: the harder case for the GRU.
+    # Frames missing inside a track: 3.8 % of the frames between a track's first and last face,
+    # measured as above when a face the detector missed on a frame had no row there. Since keyframe
+    # recovery (fer_batch.pipeline.track_faces) the crowd tracks miss 0.16-1.1 %; the clips keep the
+    # higher rate, that of a face lost for a moment (turned away, hidden) which refinement cannot
+    # hold: the harder case for the GRU. Gaps of 1-4 frames: 1-3 measured then, 4 since the
+    # small-face schedule (a head turned away, refined, lost, then detected again).
     missed_frame_share: float = 0.038
-    max_missed_run: int = 3
+    max_missed_run: int = 4
     # Head turning or nodding a little over a clip: a perspective warp whose horizontal and
     # vertical tilt drift from one value to another, each uniform within +-pose_tilt (chosen,
     # not measured: at 0.08 the crop's two sides are magnified 1.17x and 0.85x).
