@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fer_batch.preprocess import Preprocessing
-from fer_batch.training.clips import Realism, _low_resolution, _motion_blur, make_clips
+from fer_batch.training.clips import Realism, _low_resolution, _missed_frames, _motion_blur, make_clips
 from fer_batch.training.data import load_split
 from fer_batch.schema import landmark_columns
 from fer_batch.training.jitter import alignment_jitter
@@ -106,8 +106,12 @@ def test_missed_frames_are_as_common_as_in_the_crowd_tracks(publictest):
     realism = Realism()
     clips = make_clips(publictest, 600, 16, Preprocessing(), torch.Generator().manual_seed(3), realism=realism)
     present = clips.present
-    assert present[:, 0].all() and present[:, -1].all()
-    assert 1.0 - present.float().mean().item() == pytest.approx(realism.missed_frame_share, rel=0.25)
+    assert present[:, 0].all() and present[:, -1].all() and not present.all()
+    # The share, over enough clips to measure it (600 clips of 16 frames hold about 130 runs: a
+    # 25 % spread between seeds). It comes out about 10 % under the nominal share: a run never
+    # joins the one before it and stops before the clip's last frame.
+    many = _missed_frames(20000, 16, realism, torch.Generator().manual_seed(3))
+    assert 1.0 - many.float().mean().item() == pytest.approx(realism.missed_frame_share, rel=0.15)
     for row in present.numpy():
         found = np.flatnonzero(row)
         assert np.diff(found).max() - 1 <= realism.max_missed_run

@@ -113,8 +113,9 @@ def _pose_warp(frames: torch.Tensor, tilt_x: torch.Tensor, tilt_y: torch.Tensor)
 
 def _missed_frames(count: int, length: int, realism: Realism, generator: torch.Generator) -> torch.Tensor:
     """(B, T) bool, True where the detector found the face: runs of 1..max_missed_run frames
-    missed, starting at a rate that misses `missed_frame_share` of frames; a track's first and
-    last faces are found by definition."""
+    missed, starting at a rate that would miss `missed_frame_share` of frames (about 10 % fewer
+    are missed: a run never joins the one before it and stops before the last frame); a track's
+    first and last faces are found by definition."""
     present = torch.ones(count, length, dtype=torch.bool)
     mean_run = (1 + realism.max_missed_run) / 2
     rate = realism.missed_frame_share / mean_run * length / max(1, length - 2)  # runs start inside the clip only
