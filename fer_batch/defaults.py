@@ -27,7 +27,8 @@ SMALL_FACES_EVERY = 5
 SMALL_FACE_FACTOR = 1.5
 # Between keyframes a tracked face stays while O-Net's score on its refined box is at least this
 # (or --threshold, if lower): a face already followed needs less evidence than a new one, and the
-# first refinement after a detection scores lower (0.7 seen) before it settles above 0.97.
+# first refinement after a detection scores lower (0.7 seen) before it settles above 0.97. A track
+# with no face on the previous annotated frame needs --threshold to come back by refinement.
 REFINE_THRESHOLD = 0.5
 # Refinement runs O-Net twice per face, the second time at its own answer; a box scoring under
 # this is also tried at the eight shifts of a tenth of its size, the best answer kept

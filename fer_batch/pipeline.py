@@ -244,8 +244,9 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -
     """Give every face a track id: per video an IoU tracker; on frames between detector keyframes
     `refine` (MTCNN's last stage) turns each live track's predicted box into a real box, landmarks
     and score, and tracks that score under `defaults.REFINE_THRESHOLD` (or `threshold`, if lower)
-    miss. On a keyframe the tracks the detector missed are refined the same way, so a face whose
-    detector score dips under `threshold` for a frame keeps its row. In an image each face is its
+    miss; a track that had no face on the previous frame needs `threshold` to come back. On a
+    keyframe the tracks the detector missed are refined the same way, so a face whose detector
+    score dips under `threshold` for a frame keeps its row. In an image each face is its
     own track, numbered left to right.
 
     A face that the next keyframe of the same detector window finds, and no track follows, is
@@ -256,12 +257,21 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -
 
     refine_threshold = min(options.threshold, defaults.REFINE_THRESHOLD)
 
+    previous_frame: int | None = None  # the video's last annotated frame before the one being tracked
+
     def refined_tracks(frame: Frame, source: MediaSource, only_missing: bool) -> Faces:
         """Live tracks' predicted boxes on `frame` (with `only_missing`, those of tracks with no face
-        there yet) refined by O-Net, under their track ids; the ones scoring the refine threshold."""
+        there yet) refined by O-Net, under their track ids; those that score the refine threshold
+        where the track had a face on the previous annotated frame, `threshold` where it had none.
+
+        A track followed without a break needs less evidence than a new face; one that has lost
+        its face is predicted from an older box, and O-Net's middling score there is often a
+        turned-away head or a shoulder: to come back, it needs a new face's evidence (a track
+        kept alive at 0.5-0.8 on the back of a head had a second track start on the same head)."""
         track_ids, predicted = tracker.predictions(frame.index, only_missing=only_missing)
         refined = refine(frame, predicted, source.relative, source.media_type).replace(track_id=track_ids)
-        return refined.select(refined.det_score >= refine_threshold)
+        unbroken = tracker.last_frames(track_ids) == previous_frame
+        return refined.select(refined.det_score >= np.where(unbroken, refine_threshold, options.threshold))
 
     def refined_faces(frame: Frame, source: MediaSource) -> Faces:
         return tracker.update_tracks(frame.index, refined_tracks(frame, source, only_missing=False))
@@ -304,23 +314,24 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -
             return replace(batch, faces=detections.replace(track_id=np.arange(1, len(detections) + 1, dtype=np.int32)))
         per_frame = []
         keyframes = [frame.index for frame, detected in zip(batch.frames, batch.detect) if detected]
+        nonlocal previous_frame
         for frame, detected in zip(batch.frames, batch.detect):
             if detected:
-                per_frame.append(keyframe_faces(frame, detections.select(detections.frame_index == frame.index),
-                                                batch.run.source))
-                continue
-            faces = refined_faces(frame, batch.run.source)
-            upcoming = next((index for index in keyframes if index > frame.index), None)
-            if upcoming is not None:
-                early = early_faces(frame, detections.select(detections.frame_index == upcoming), upcoming, faces,
-                                    batch.run.source)
-                faces = Faces.concat([faces, early]) if len(early) else faces
+                faces = keyframe_faces(frame, detections.select(detections.frame_index == frame.index), batch.run.source)
+            else:
+                faces = refined_faces(frame, batch.run.source)
+                upcoming = next((index for index in keyframes if index > frame.index), None)
+                if upcoming is not None:
+                    early = early_faces(frame, detections.select(detections.frame_index == upcoming), upcoming, faces,
+                                        batch.run.source)
+                    faces = Faces.concat([faces, early]) if len(early) else faces
             per_frame.append(faces)
+            previous_frame = frame.index
         return replace(batch, faces=Faces.concat(per_frame))
 
     for event in events:
         if isinstance(event, SourceStarted):
-            tracker = IoUTracker(options.track_iou, options.max_missed)
+            tracker, previous_frame = IoUTracker(options.track_iou, options.max_missed), None
         if isinstance(event, FrameBatch):
             event = _guarded(event, "track", track)
             if event is None:

@@ -123,6 +123,11 @@ class IoUTracker:
         boxes = np.array([track.predicted_box(frame_index) for track in live], np.float64).reshape(-1, 4)
         return np.array([track.track_id for track in live], np.int32), boxes
 
+    def last_frames(self, track_ids: np.ndarray) -> np.ndarray:
+        """(M,) the frame of each named live track's last face."""
+        by_id = {track.track_id: track.last_frame for track in self._tracks}
+        return np.array([by_id[int(track_id)] for track_id in track_ids], np.int64)
+
     def update_tracks(self, frame_index: int, frame: Faces) -> Faces:
         """A round where each face already names its track (boxes refined from the predictions):
         those tracks move on, the others miss. Of two faces that landed on one person, the more

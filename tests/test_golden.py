@@ -41,6 +41,18 @@ head turned away behind a passer-by (frames 36-54): her track, refined since fra
 survives; a detection at 0.90 on the back of her head on frame 42 starts a second track, and
 both are refined until frame 54. 4 old rows are gone (3 refined, 1 detected at 0.92).
 
+Regenerated on 2026-11-26 (eighth session) because a track with no face on the previous frame
+now needs O-Net's score at `--threshold` (0.9), not 0.5, to come back by refinement
+(fer_batch.pipeline.track_faces). The woman above lost her track's face on frames 39-42; it came
+back on her hair and coat at 0.55-0.82 (frames 43-52) beside the back-of-head track. Those 9 rows
+are gone, so no two tracks overlap on any frame (before: 8 frames at IoU 0.22-0.49). 647 of the
+663 rows remain, every one with its label; their boxes are unchanged except on 14 refined rows
+(by up to 23 px) whose tracks moved on from other boxes. The other 7 rows gone: the back-of-head
+track's return on frame 54 (0.65), three returns after a one-frame gap (0.58, 0.58 and 0.83, the
+last on a face leaving the bottom edge), and frames 45-47 of a 30-px face, whose refined box
+drifted 8 px off it after its frame-30 return was refused; the detector finds it again on frame
+48. 637 video rows in 15 tracks.
+
 The emotion answers (probabilities, labels, their per-track and per-source summaries) are
 compared within int8's rounding. An int8 network is a step function of its input: a
 landmark that moves by 1e-4 px (float rounding in the detector, as between CPUs with other
