@@ -156,7 +156,7 @@ def _synchronize(device: torch.device) -> None:
 
 def classifier_speed(annotator: Annotator, batch: int = 64, repeats: int = 20) -> str:
     """CNN crops/s alone (no detection), with and without the flip averaging annotate uses."""
-    from fer_batch.model import EmotionEnsemble, count_parameters, model_macs_per_crop
+    from fer_batch.model import EmotionEnsemble, count_parameters, load_checkpoint, model_macs_per_crop
 
     model = annotator.checkpoint.model.to(annotator.device).eval()
     crops = torch.randn(batch, 1, 48, 48, device=annotator.device)
@@ -171,9 +171,12 @@ def classifier_speed(annotator: Annotator, batch: int = 64, repeats: int = 20) -
             _synchronize(annotator.device)
             figures.append(batch * repeats / (time.perf_counter() - begin))
     members = len(model.members) if isinstance(model, EmotionEnsemble) else 1
+    checkpoint = annotator.checkpoint
+    # An int8 encoder's packed weights are not torch parameters: count the float network's.
+    counted = model if checkpoint.precision == "fp32" or checkpoint.path is None else load_checkpoint(checkpoint.path).model
     return (
-        f"model: {members} CNN-GRU network(s), {count_parameters(model) / 1e6:.2f} M parameters, "
-        f"{model_macs_per_crop(model) / 1e6:.1f} M MACs per crop; "
+        f"model: {members} CNN-GRU network(s), {count_parameters(counted) / 1e6:.2f} M parameters, "
+        f"{model_macs_per_crop(model) / 1e6:.1f} M MACs per crop, {checkpoint.precision} encoder; "
         f"encoder {figures[0]:.0f} crops/s, {figures[1]:.0f} faces/s with flip averaging (batch {batch})"
     )
 
