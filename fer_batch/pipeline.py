@@ -309,12 +309,12 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -
         return tracker.start_tracks(frame.index, found.select(new))
 
     def track(batch: FrameBatch) -> FrameBatch:
+        nonlocal previous_frame
         detections = batch.faces
         if batch.run.source.media_type == "image":
             return replace(batch, faces=detections.replace(track_id=np.arange(1, len(detections) + 1, dtype=np.int32)))
         per_frame = []
         keyframes = [frame.index for frame, detected in zip(batch.frames, batch.detect) if detected]
-        nonlocal previous_frame
         for frame, detected in zip(batch.frames, batch.detect):
             if detected:
                 faces = keyframe_faces(frame, detections.select(detections.frame_index == frame.index), batch.run.source)

@@ -47,6 +47,8 @@ def test_options_split_into_what_is_loaded_and_what_is_per_run():
         RunOptions(detect_scale=0)
     with pytest.raises(ValueError, match="small_faces_every must be at least 1"):
         RunOptions(small_faces_every=0)
+    with pytest.raises(ValueError, match="unknown precision 'fp16'; use one of auto, fp32, int8"):
+        ModelOptions(precision="fp16")
 
 
 @pytest.mark.parametrize(("changes", "size", "period"), [
@@ -59,8 +61,6 @@ def test_options_split_into_what_is_loaded_and_what_is_per_run():
 def test_the_small_face_size_and_period_follow_from_the_options(changes, size, period):
     options = RunOptions(**changes)
     assert (options.small_face_size, options.small_face_period) == (size, period)
-    with pytest.raises(ValueError, match="unknown precision 'fp16'; use one of auto, fp32, int8"):
-        ModelOptions(precision="fp16")
 
 
 def test_an_annotator_runs_with_other_run_options_but_refuses_other_model_options(media_dir, annotator):

@@ -45,7 +45,7 @@ def test_segments_own_every_frame_once_and_start_where_the_whole_video_starts_a_
         stop = frame_count if stop is None else stop
         owned += range(owned_start, stop)
         step = every_nth * detect_every * detect_batch
-        small_step = every_nth * detect_every * -(-small_faces_every // detect_every)
+        small_step = every_nth * detect_every * options.small_face_period
         assert start % step == 0 and owned_start % step == 0  # same detector windows and keyframes
         assert start % small_step == 0 and owned_start % small_step == 0  # and small-face frames
         assert start == 0 or owned_start - start >= (max_missed + 2) * detect_every * every_nth  # settled tracker
