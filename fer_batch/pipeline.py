@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Protocol
@@ -41,7 +43,7 @@ from fer_batch.model import Checkpoint, load_checkpoint
 from fer_batch.options import ModelOptions, RunOptions, options_document
 from fer_batch.preprocess import Preprocessing, align_face, to_grayscale
 from fer_batch.results import RunMetadata
-from fer_batch.runtime import configure_threads, resolve_device
+from fer_batch.runtime import configure_threads, detection_workers, resolve_device
 from fer_batch.statistics import ErrorRecord, RunStatistics, RunSummary
 from fer_batch.temporal import backward_for, look_ahead_end, smooth
 from fer_batch.tracking import IoUTracker, box_iou
@@ -171,13 +173,26 @@ def _guarded(batch: FrameBatch, stage: str, work) -> FrameBatch | None:
         return None
 
 
-def detect_faces(events: Iterable[Event], detector: FaceDetector, options: RunOptions) -> Iterator[Event]:
+def detect_faces(
+    events: Iterable[Event], detector: FaceDetector, options: RunOptions, workers: int = 1,
+    threads_per_worker: int = 1,
+) -> Iterator[Event]:
     """Group frames into windows of `detect_batch` detector frames (every `detect_every`-th frame,
     and a video's last frame) and detect: faces from `min_face_size` up on every
-    `small_face_period`-th detector frame and the last, from `small_face_size` up on the others."""
+    `small_face_period`-th detector frame and the last, from `small_face_size` up on the others.
+
+    With `workers` > 1, up to that many windows are detected at once, each in a thread of its own
+    with `threads_per_worker` torch threads (fer_batch.runtime.detection_workers), while the
+    stages downstream work on the windows before; events still leave in order."""
     window: list[FrameBatch] = []
     window_detections = 0  # frames in the window the detector will see
     sampled = 0
+    outbox: deque[Event | Future | None] = deque()  # in order: events, detections under way
+    executor = (
+        ThreadPoolExecutor(workers, thread_name_prefix="fer-detect", initializer=torch.set_num_threads,
+                           initargs=(threads_per_worker,))
+        if workers > 1 else None
+    )
 
     def detect(batch: FrameBatch) -> FrameBatch:
         source = batch.run.source
@@ -195,7 +210,8 @@ def detect_faces(events: Iterable[Event], detector: FaceDetector, options: RunOp
         faces = Faces.concat(parts)
         return replace(batch, faces=faces.select(np.argsort(faces.frame_index, kind="stable")))
 
-    def flush() -> Iterator[Event]:
+    def flush() -> None:
+        """Send the window to the detector: at once, or to a worker."""
         nonlocal window, window_detections
         if window:
             merged = FrameBatch(
@@ -204,37 +220,58 @@ def detect_faces(events: Iterable[Event], detector: FaceDetector, options: RunOp
                 small_faces=[flag for batch in window for flag in batch.small_faces],
             )
             window, window_detections = [], 0
-            detected = _guarded(merged, "detect", detect)
-            if detected is not None:
-                yield detected
+            if executor is None:
+                outbox.append(_guarded(merged, "detect", detect))
+            else:
+                outbox.append(executor.submit(_guarded, merged, "detect", detect))
 
-    for event in events:
-        if isinstance(event, FrameBatch):
-            if event.run.failed:
+    def ready(in_flight: int) -> Iterator[Event]:
+        """The outbox's head as far as it is done; waits on it while more than `in_flight`
+        windows are being detected."""
+        while outbox:
+            head = outbox[0]
+            if isinstance(head, Future):
+                if not head.done() and sum(isinstance(item, Future) for item in outbox) <= in_flight:
+                    return
+                head = head.result()  # _guarded: a failure is on the source's record, not raised
+            outbox.popleft()
+            if head is not None:
+                yield head
+
+    try:
+        for event in events:
+            if isinstance(event, FrameBatch):
+                if event.run.failed:
+                    continue
+                numbers = range(sampled, sampled + event.frame_count)
+                flags = [number % options.detect_every == 0 for number in numbers]
+                small = [flag and (number // options.detect_every) % options.small_face_period == 0
+                         for number, flag in zip(numbers, flags)]
+                sampled += event.frame_count
+                if window_detections >= options.detect_batch:
+                    # A full window is detected once the next frame comes: a window's last frame may be
+                    # the video's last, which SourceFinished then makes a small-face frame.
+                    flush()
+                    yield from ready(workers)
+                window.append(replace(event, detect=flags, small_faces=small))
+                window_detections += sum(flags)
                 continue
-            numbers = range(sampled, sampled + event.frame_count)
-            flags = [number % options.detect_every == 0 for number in numbers]
-            small = [flag and (number // options.detect_every) % options.small_face_period == 0
-                     for number, flag in zip(numbers, flags)]
-            sampled += event.frame_count
-            if window_detections >= options.detect_batch:
-                # A full window is detected once the next frame comes: a window's last frame may be
-                # the video's last, which SourceFinished then makes a small-face frame.
-                yield from flush()
-            window.append(replace(event, detect=flags, small_faces=small))
-            window_detections += sum(flags)
-            continue
-        if isinstance(event, SourceFinished):
-            if event.run.reached_end and window and not window[-1].small_faces[-1]:
-                # The video's last frame is a keyframe too, searched for faces of every size: a face
-                # that walks in after the last regular keyframe is found there, and early track
-                # starts carry it back.
-                last = window[-1]
-                window[-1] = replace(last, detect=[*last.detect[:-1], True], small_faces=[*last.small_faces[:-1], True])
-            yield from flush()
-        else:
-            sampled = 0
-        yield event
+            if isinstance(event, SourceFinished):
+                if event.run.reached_end and window and not window[-1].small_faces[-1]:
+                    # The video's last frame is a keyframe too, searched for faces of every size: a face
+                    # that walks in after the last regular keyframe is found there, and early track
+                    # starts carry it back.
+                    last = window[-1]
+                    window[-1] = replace(last, detect=[*last.detect[:-1], True], small_faces=[*last.small_faces[:-1], True])
+                flush()
+            else:
+                sampled = 0
+            outbox.append(event)
+            yield from ready(workers)
+        yield from ready(0)
+    finally:
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 Refiner = Callable[[Frame, np.ndarray, str, str], Faces]
@@ -525,6 +562,7 @@ class Annotator:
             weights or defaults.default_weights_path(), precision=precision, device=self.device
         )
         self.detector = FaceDetector(self.device)
+        self.detect_workers, self.detect_threads = detection_workers(self.device, self.threads)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -569,7 +607,7 @@ class AnnotationRun:
         annotator, options = self.annotator, self.options
         classifier = SequenceClassifier(annotator.checkpoint, annotator.device, options.temporal)
         events = read_frames(self.sources, options)
-        events = detect_faces(events, annotator.detector, options)
+        events = detect_faces(events, annotator.detector, options, annotator.detect_workers, annotator.detect_threads)
         events = track_faces(events, options, annotator.detector.refine)
         events = crop_faces(events, annotator.checkpoint.preprocessing)
         events = classify_faces(events, classifier, options.batch_size)

@@ -86,6 +86,8 @@ def test_threads_are_applied_to_torch_opencv_and_the_video_decoder(shipped_weigh
         for threads in (1, 2):
             annotator = Annotator(device="cpu", threads=threads)
             assert annotator.threads == threads and torch.get_num_threads() == threads and cv2.getNumThreads() == threads
+            # two or more threads on a CPU: windows of frames detected side by side, one torch thread each
+            assert (annotator.detect_workers, annotator.detect_threads) == ((1, 1) if threads == 1 else (2, 1))
             capture, _ = open_video(media_dir / "walking-crowd-1080p.mp4")
             assert capture.get(cv2.CAP_PROP_N_THREADS) == threads
             capture.release()
@@ -93,6 +95,20 @@ def test_threads_are_applied_to_torch_opencv_and_the_video_decoder(shipped_weigh
         from fer_batch.runtime import configure_threads
 
         configure_threads(before)
+
+
+@pytest.mark.parametrize(("device", "threads", "expected"), [
+    ("cpu", 1, (1, 1)), ("cpu", 2, (2, 1)), ("cpu", 3, (3, 1)), ("cpu", 4, (4, 1)), ("cpu", 8, (4, 2)),
+    ("cpu", 10, (4, 2)), ("cuda", 8, (1, 8)), ("cuda", 1, (1, 1)),
+])
+def test_detection_workers_split_the_threads_on_a_cpu_and_never_on_a_gpu(device, threads, expected):
+    import torch
+
+    from fer_batch.runtime import MAX_DETECT_WORKERS, detection_workers
+
+    workers, each = detection_workers(torch.device(device), threads)
+    assert (workers, each) == expected
+    assert 1 <= workers <= MAX_DETECT_WORKERS and workers * each <= threads
 
 
 def test_openmp_waits_passively_unless_the_user_chose_otherwise():

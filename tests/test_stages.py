@@ -301,6 +301,61 @@ def test_a_track_refined_onto_a_detected_face_does_not_take_its_id(tmp_path, med
     assert neighbour.sum() >= 10 and len(set(faces.track_id[neighbour])) == 1
 
 
+class _ThreadRecordingDetector:
+    """The real detector, noting the thread each call runs in and that thread's torch thread count."""
+
+    def __init__(self, detector) -> None:
+        self.detector = detector
+        self.calls: list[tuple[str, int]] = []
+
+    def detect(self, *args, **kwargs):
+        import threading
+
+        import torch
+
+        self.calls.append((threading.current_thread().name, torch.get_num_threads()))
+        return self.detector.detect(*args, **kwargs)
+
+
+def test_windows_detected_side_by_side_give_the_faces_and_events_of_one_at_a_time(tmp_path, media_dir, annotator):
+    """Two windows at once, each in its own thread on one torch thread (the CPU default on two
+    cores), against one window at a time: the same events in the same order across a video, a
+    file that cannot be read and a photo, and the same faces; boxes within float rounding (oneDNN
+    sums in another order on another thread count), scores alike."""
+    import torch
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    sources = [MediaSource(media_dir / "walking-crowd-1080p.mp4", "crowd.mp4", "video"),
+               MediaSource(bad, "bad.mp4", "video"),
+               MediaSource(media_dir / "group-six-faces.jpg", "group.jpg", "image")]
+    options = RunOptions(max_frames=7, detect_batch=2)  # windows of 2 frames: several in flight
+    threads_before = torch.get_num_threads()
+
+    def run(workers: int) -> tuple[list, list[tuple[str, int]]]:
+        detector = _ThreadRecordingDetector(annotator.detector)
+        return list(detect_faces(read_frames(sources, options), detector, options, workers, 1)), detector.calls
+
+    (serial, _), (parallel, calls) = run(1), run(2)
+
+    def outline(events) -> list:
+        return [(type(event).__name__, event.run.source.relative,
+                 [frame.index for frame in event.frames] if isinstance(event, FrameBatch) else None) for event in events]
+
+    assert outline(parallel) == outline(serial)
+    assert [kind for kind, source, _ in outline(serial) if source == "bad.mp4"] == ["SourceStarted", "SourceFinished"]
+    assert serial[outline(serial).index(("SourceStarted", "bad.mp4", None))].run.errors[0].stage == "decode"
+    assert sum(kind == "FrameBatch" for kind, _, _ in outline(serial)) == 5  # 7 crowd frames in 4 windows, 1 photo
+    faces = [(one.faces, other.faces) for one, other in zip(serial, parallel) if isinstance(one, FrameBatch)]
+    assert sum(len(one) for one, _ in faces) >= 30
+    for one, other in faces:
+        assert one.frame_index.tolist() == other.frame_index.tolist()
+        assert np.allclose(one.boxes, other.boxes, atol=1e-3) and np.allclose(one.landmarks, other.landmarks, atol=1e-3)
+        assert np.allclose(one.det_score, other.det_score, atol=1e-5)
+    assert len(calls) >= 5 and all(name.startswith("fer-detect") and threads == 1 for name, threads in calls)
+    assert torch.get_num_threads() == threads_before  # the workers' setting stays in their threads
+
+
 @pytest.mark.parametrize(("frames", "options", "frame_range", "keyframes"), [
     (12, RunOptions(detect_every=5), None, [0, 5, 10, 11]),  # read to the end: the last frame too
     (10, RunOptions(detect_every=5), None, [0, 5, 9]),

@@ -67,7 +67,7 @@ def annotate(
     temporal: str = typer.Option(defaults.TEMPORAL, "--temporal", help="How a track's frames are combined: bidirectional (look ahead as well as back), causal (only back) or none (each frame alone)."),
     device: str = typer.Option(defaults.DEVICE, "--device", help="auto, cpu or cuda."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint to use instead of the shipped weights."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch, OpenCV and the video decoder (default: the CPUs this process may use)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch, OpenCV and the video decoder (default: the CPUs this process may use); on a CPU, 2 or more also detect windows of frames side by side."),
     precision: str = typer.Option(defaults.PRECISION, "--precision", help=PRECISION_HELP),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report here."),
     render: Optional[Path] = typer.Option(None, "--render", help="Also write annotated copies of the inputs into this folder."),
