@@ -11,6 +11,10 @@ sets, models loaded once beforehand, and prints for each:
   every size from --min-face-size, at the same --threshold) on matched faces;
 - tracks, against the full path's.
 
+On a CPU with two or more threads, a row "defaults, one window at a time" runs the defaults
+with the detector on one window of frames at a time (as before windows were detected side by
+side), so the same run says what that is worth.
+
 A last row runs the full path on a lossless copy of the clip moved by one pixel: its "same
 emotion" is how much the full path disagrees with itself when only the pixel grid moves (the
 classifier is sensitive to where a box falls), the floor for reading the other rows' figure.
@@ -196,9 +200,11 @@ def benchmark_clip(
     for name, changes in configurations:
         options = RunOptions(max_frames=max_frames, **changes)
         results[name] = runs[options] = runs.get(options) or annotate(annotator, video, options)
+    if annotator.detect_workers > 1:  # what detecting windows side by side is worth, in this run
+        results[ONE_WINDOW] = one_window_at_a_time(annotator, video, RunOptions(max_frames=max_frames))
 
     def full_path(name: str) -> Result:  # the full detector on every frame at the same threshold
-        threshold = dict(configurations)[name].get("threshold", RunOptions().threshold)
+        threshold = dict(configurations).get(name, {}).get("threshold", RunOptions().threshold)
         options = RunOptions(max_frames=max_frames, threshold=threshold, **FULL_DETECTION)
         if options not in runs:
             runs[options] = annotate(annotator, video, options)
@@ -216,6 +222,20 @@ def benchmark_clip(
     shifted = shifted_full_path(annotator, video, max_frames)
     if shifted is not None:
         row(SHIFTED_FULL_PATH, shifted, full_path(FULL_PATH))
+
+
+ONE_WINDOW = "defaults, one window at a time"
+
+
+def one_window_at_a_time(annotator: Annotator, video: Path, options: RunOptions) -> Result:
+    """The defaults with the detector on one window of frames at a time on all the annotator's
+    threads, as before windows were detected side by side (fer_batch.runtime.detection_workers)."""
+    split = annotator.detect_workers, annotator.detect_threads
+    annotator.detect_workers, annotator.detect_threads = 1, annotator.threads
+    try:
+        return annotate(annotator, video, options)
+    finally:
+        annotator.detect_workers, annotator.detect_threads = split
 
 
 SHIFTED_FULL_PATH = "full path, the video shifted by 1 px (noise)"
