@@ -43,7 +43,7 @@ from fer_batch.model import Checkpoint, load_checkpoint
 from fer_batch.options import ModelOptions, RunOptions, options_document
 from fer_batch.preprocess import Preprocessing, align_face, to_grayscale
 from fer_batch.results import RunMetadata
-from fer_batch.runtime import configure_threads, detection_workers, resolve_device
+from fer_batch.runtime import configure_threads, detection_workers, downstream_threads, resolve_device
 from fer_batch.statistics import ErrorRecord, RunStatistics, RunSummary
 from fer_batch.temporal import backward_for, look_ahead_end, smooth
 from fer_batch.tracking import IoUTracker, box_iou
@@ -175,7 +175,7 @@ def _guarded(batch: FrameBatch, stage: str, work) -> FrameBatch | None:
 
 def detect_faces(
     events: Iterable[Event], detector: FaceDetector, options: RunOptions, workers: int = 1,
-    threads_per_worker: int = 1,
+    threads_per_worker: int = 1, threads: int | None = None,
 ) -> Iterator[Event]:
     """Group frames into windows of `detect_batch` detector frames (every `detect_every`-th frame,
     and a video's last frame) and detect: faces from `min_face_size` up on every
@@ -183,7 +183,12 @@ def detect_faces(
 
     With `workers` > 1, up to that many windows are detected at once, each in a thread of its own
     with `threads_per_worker` torch threads (fer_batch.runtime.detection_workers), while the
-    stages downstream work on the windows before; events still leave in order."""
+    stages downstream work on the windows before; events still leave in order. Those stages run
+    in this thread when it takes the next event, so before handing one on, this thread's torch
+    threads are set to the run's `threads` (default: this thread's count) less those of the
+    windows still being detected, at least one (fer_batch.runtime.downstream_threads): on two
+    cores, a second thread there only takes a core from a detector. The count is restored when
+    the events end."""
     window: list[FrameBatch] = []
     window_detections = 0  # frames in the window the detector will see
     sampled = 0
@@ -225,6 +230,9 @@ def detect_faces(
             else:
                 outbox.append(executor.submit(_guarded, merged, "detect", detect))
 
+    own_threads = torch.get_num_threads()
+    threads = threads or own_threads
+
     def ready(in_flight: int) -> Iterator[Event]:
         """The outbox's head as far as it is done; waits on it while more than `in_flight`
         windows are being detected."""
@@ -236,6 +244,9 @@ def detect_faces(
                 head = head.result()  # _guarded: a failure is on the source's record, not raised
             outbox.popleft()
             if head is not None:
+                if executor is not None:  # the stages downstream get the cores the detectors leave
+                    detecting = sum(isinstance(item, Future) and not item.done() for item in outbox)
+                    torch.set_num_threads(downstream_threads(threads, detecting, threads_per_worker))
                 yield head
 
     try:
@@ -272,6 +283,7 @@ def detect_faces(
     finally:
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(own_threads)
 
 
 Refiner = Callable[[Frame, np.ndarray, str, str], Faces]
@@ -607,7 +619,8 @@ class AnnotationRun:
         annotator, options = self.annotator, self.options
         classifier = SequenceClassifier(annotator.checkpoint, annotator.device, options.temporal)
         events = read_frames(self.sources, options)
-        events = detect_faces(events, annotator.detector, options, annotator.detect_workers, annotator.detect_threads)
+        events = detect_faces(events, annotator.detector, options, annotator.detect_workers, annotator.detect_threads,
+                              annotator.threads)
         events = track_faces(events, options, annotator.detector.refine)
         events = crop_faces(events, annotator.checkpoint.preprocessing)
         events = classify_faces(events, classifier, options.batch_size)

@@ -222,7 +222,8 @@ def run_unit(unit: WorkUnit, annotator: Any, options: RunOptions, classifier: An
             yield event
 
     events = read_frames(list(unit.sources), options, frame_range)
-    events = detect_faces(count_owned(events), annotator.detector, options, annotator.detect_workers, annotator.detect_threads)
+    events = detect_faces(count_owned(events), annotator.detector, options, annotator.detect_workers,
+                          annotator.detect_threads, annotator.threads)
     events = track_faces(events, options, annotator.detector.refine)
     events = crop_faces(events, annotator.checkpoint.preprocessing)
     collected: dict[int, list[Faces]] = {}

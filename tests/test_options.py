@@ -111,6 +111,15 @@ def test_detection_workers_split_the_threads_on_a_cpu_and_never_on_a_gpu(device,
     assert 1 <= workers <= MAX_DETECT_WORKERS and workers * each <= threads
 
 
+@pytest.mark.parametrize(("threads", "detecting", "per_window", "expected"), [
+    (2, 0, 1, 2), (2, 1, 1, 1), (2, 2, 1, 1), (4, 1, 1, 3), (4, 4, 1, 1), (8, 2, 2, 4), (8, 4, 2, 1), (1, 0, 1, 1),
+])
+def test_the_stages_after_detection_get_the_cores_the_detectors_leave(threads, detecting, per_window, expected):
+    from fer_batch.runtime import downstream_threads
+
+    assert downstream_threads(threads, detecting, per_window) == expected
+
+
 def test_openmp_waits_passively_unless_the_user_chose_otherwise():
     """Spinning OpenMP threads thrash beside another busy process (benchmarks/contention.py measures it)."""
     import os

@@ -332,9 +332,15 @@ def test_windows_detected_side_by_side_give_the_faces_and_events_of_one_at_a_tim
     options = RunOptions(max_frames=7, detect_batch=2)  # windows of 2 frames: several in flight
     threads_before = torch.get_num_threads()
 
+    seen_threads = []  # torch threads of this thread, where the stages downstream run, at each event
+
     def run(workers: int) -> tuple[list, list[tuple[str, int]]]:
         detector = _ThreadRecordingDetector(annotator.detector)
-        return list(detect_faces(read_frames(sources, options), detector, options, workers, 1)), detector.calls
+        events = []
+        for event in detect_faces(read_frames(sources, options), detector, options, workers, 1, threads=2):
+            events.append(event)
+            seen_threads.append((workers, torch.get_num_threads()))
+        return events, detector.calls
 
     (serial, _), (parallel, calls) = run(1), run(2)
 
@@ -354,6 +360,12 @@ def test_windows_detected_side_by_side_give_the_faces_and_events_of_one_at_a_tim
         assert np.allclose(one.det_score, other.det_score, atol=1e-5)
     assert len(calls) >= 5 and all(name.startswith("fer-detect") and threads == 1 for name, threads in calls)
     assert torch.get_num_threads() == threads_before  # the workers' setting stays in their threads
+    # One window at a time leaves this thread's count alone; side by side, the stages downstream get
+    # the cores the detectors leave: one while a window is still being detected (the third window
+    # waits for the first, so at least once), two when none is.
+    assert {threads for workers, threads in seen_threads if workers == 1} == {threads_before}
+    parallel_threads = [threads for workers, threads in seen_threads if workers == 2]
+    assert set(parallel_threads) <= {1, 2} and 1 in parallel_threads
 
 
 @pytest.mark.parametrize(("frames", "options", "frame_range", "keyframes"), [
