@@ -108,3 +108,31 @@ def test_the_mode_is_recorded_and_checked(media_dir, annotator, tmp_path):
     assert fer_batch.read_run(result.out_path).metadata.options["temporal"] == "causal"
     with pytest.raises(ValueError, match="temporal"):
         fer_batch.annotate([media_dir], annotator=annotator, temporal="sideways")
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), clips=st.integers(1, 4), length=st.integers(1, 12))
+def test_the_known_change_reference_answers_once_per_stretch_of_one_true_label(data, clips, length):
+    """`fer evaluate`'s reference for what smoothing could gain: one answer per stretch of one true
+    label among a clip's found frames (the mean of its probabilities), -1 on padding; where each
+    stretch's frames agree, it is their answer."""
+    from fer_batch.training.evaluate import known_change_labels
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    truth = np.stack([np.where(np.arange(length) < data.draw(st.integers(1, length)), *rng.choice(7, 2, replace=False))
+                      for _ in range(clips)])
+    valid = np.arange(length)[None, :] < np.array([data.draw(st.integers(0, length)) for _ in range(clips)])[:, None]
+    probabilities = rng.dirichlet(np.ones(7), size=(clips, length))
+    labels = known_change_labels(probabilities, truth, valid)
+    assert (labels[~valid] == -1).all() and (labels[valid] >= 0).all()
+    for row in range(clips):
+        found = np.flatnonzero(valid[row])
+        for label in np.unique(truth[row, found]):
+            stretch = found[truth[row, found] == label]
+            assert len(set(labels[row, stretch])) == 1
+            assert labels[row, stretch[0]] == probabilities[row, stretch].mean(axis=0).argmax()
+    same = probabilities.copy()  # every frame of a stretch alike: the reference is the frames' own answer
+    for row in range(clips):
+        for label in np.unique(truth[row]):
+            same[row, truth[row] == label] = probabilities[row, np.flatnonzero(truth[row] == label)[0]]
+    assert (known_change_labels(same, truth, valid)[valid] == same.argmax(-1)[valid]).all()

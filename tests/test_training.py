@@ -85,6 +85,7 @@ def test_evaluate_writes_every_artefact(trained_run, fer_dir, tmp_path):
         assert 0 <= sequence[mode]["accuracy"] <= 1 and sequence[mode]["median_lag_frames"] >= 0
     # Smoothing can only remove label changes on steady clips, never add them (up to ties).
     assert sequence["bidirectional"]["steady_clip_flicker_per_100_frames"] <= sequence["cnn_gru"]["steady_clip_flicker_per_100_frames"]
+    assert 0 <= sequence["known_changes"]["accuracy"] <= 1
     realistic = sequence["realistic"]  # the same clips with real video's shake, blur and artefacts
     assert realistic["transition_clips"] == sequence["transition_clips"]
     assert realistic["bidirectional"]["steady_clip_flicker_per_100_frames"] <= realistic["cnn_gru"]["steady_clip_flicker_per_100_frames"]
