@@ -20,6 +20,10 @@ A last row runs the full path on a lossless copy of the clip moved by one pixel:
 emotion" is how much the full path disagrees with itself when only the pixel grid moves (the
 classifier is sensitive to where a box falls), the floor for reading the other rows' figure.
 
+Each runs in the OpenMP regime it ships with: `annotate` with the passive waiting `fer` sets
+(fer_batch is imported before torch here, as the CLI does), the reference in a process of its
+own with torch's default (threads spin a while at each barrier before they sleep).
+
 Figures move 2-3x between machines, so only ratios from one run count.
 
     .venv/bin/python benchmarks/annotate_throughput.py [--video PATH] [--max-frames N] [--device cpu]
@@ -34,11 +38,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import fer_batch  # noqa: F401 - before torch, as in `fer`: passive OpenMP waiting (fer_batch/__init__.py)
 import cv2
 import numpy as np
 import torch
@@ -63,6 +70,8 @@ CONFIGURATIONS = (
     ("--threshold 0.7 (the reference's)", {"threshold": 0.7}),
     ("--threshold 0.7 --detect-every 5", {"threshold": 0.7, "detect_every": 5}),
     ("--threshold 0.7 --detect-every 10", {"threshold": 0.7, "detect_every": 10}),
+    ("--proposal-threshold 0.8", {"proposal_threshold": 0.8}),
+    ("--proposal-threshold 0.8 --detect-every 10", {"proposal_threshold": 0.8, "detect_every": 10}),
 )
 
 
@@ -95,10 +104,31 @@ def write_copy(frames: list[np.ndarray], size: tuple[int, int], path: Path, fps:
     return path
 
 
+# The reference runs as the fer package runs: torch's own OpenMP waiting (spin 300,000 times, then
+# sleep), not the passive waiting `fer` sets, so it is timed in a process of its own.
+REFERENCE_ENVIRONMENT = {"GOMP_SPINCOUNT": "300000"}  # libgomp's default; keeps fer_batch from setting PASSIVE
+
+
 def reference(video: Path, max_frames: int | None, device: torch.device) -> Result:
-    """facenet-pytorch MTCNN.detect on every full-resolution frame (frames decoded beforehand)."""
+    """facenet-pytorch MTCNN.detect on every full-resolution frame (frames decoded beforehand), in a
+    child process with torch's default OpenMP waiting."""
+    environment = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "reference.npz"
+        command = [sys.executable, __file__, "--reference-child", str(out), "--video", str(video), "--device", str(device)]
+        if max_frames is not None:
+            command += ["--max-frames", str(max_frames)]
+        subprocess.run(command, check=True, env={**environment, **REFERENCE_ENVIRONMENT})
+        with np.load(out) as saved:
+            seconds = float(saved["seconds"])
+            boxes = {int(key.removeprefix("frame")): saved[key] for key in saved.files if key.startswith("frame")}
+    return Result(seconds, len(boxes), boxes, {}, 0)
+
+
+def reference_child(video: Path, max_frames: int | None, device: str, out: Path) -> None:
     from facenet_pytorch import MTCNN
 
+    assert os.environ.get("OMP_WAIT_POLICY") is None, "the reference must run with torch's default OpenMP waiting"
     mtcnn = MTCNN(keep_all=True, device=device)
     frames = read_frames(video, max_frames)
     mtcnn.detect(frames[0])  # warm-up
@@ -106,8 +136,8 @@ def reference(video: Path, max_frames: int | None, device: torch.device) -> Resu
     begin = time.perf_counter()
     for index, rgb in enumerate(frames):
         found, _ = mtcnn.detect(rgb)
-        boxes[index] = np.zeros((0, 4)) if found is None else np.asarray(found, np.float64)
-    return Result(time.perf_counter() - begin, len(frames), boxes, {}, 0)
+        boxes[f"frame{index}"] = np.zeros((0, 4)) if found is None else np.asarray(found, np.float64)
+    np.savez(out, seconds=time.perf_counter() - begin, **boxes)
 
 
 def annotate(annotator: Annotator, video: Path, options: RunOptions) -> Result:
@@ -278,7 +308,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--detect-batches", default="", help="comma-separated detector batch sizes to add (e.g. 1,8,32)")
     parser.add_argument("--classifier-batch", type=int, default=64)
+    parser.add_argument("--reference-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reference_child is not None:
+        reference_child(args.video, args.max_frames, args.device, args.reference_child)
+        return
     detect_batches = tuple(int(size) for size in args.detect_batches.split(",") if size.strip())
     if not args.video.is_file():
         raise SystemExit(f"benchmark video not found: {args.video}")
@@ -287,7 +321,8 @@ def main() -> None:
     annotator = Annotator(device=args.device)
     load_seconds = time.perf_counter() - started
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch threads {torch.get_num_threads()}, device {annotator.device}")
+          f"torch threads {torch.get_num_threads()}, device {annotator.device}; OpenMP waiting: annotate "
+          f"{os.environ.get('OMP_WAIT_POLICY', 'default')} (as `fer`), the reference torch's default (its own process)")
     print(f"weights: {annotator.checkpoint.name}; model+detector load {load_seconds:.1f} s")
     print(classifier_speed(annotator, batch=args.classifier_batch))
     benchmark_clip(annotator, args.video, f"{args.video.name} (1920x1080)", args.max_frames, detect_batches)

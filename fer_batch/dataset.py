@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from fer_batch.faces import Faces
 from fer_batch.media import MediaSource, discover_sources
-from fer_batch.options import RunOptions
+from fer_batch.options import ModelOptions, RunOptions, options_document
 from fer_batch.pipeline import Annotator, AnnotationRun, ProgressListener
 from fer_batch.results import DATASET_RUN_DOCUMENT, METADATA_KEY, RunMetadata, companion_path
 from fer_batch.schema import ERROR_SCHEMA, annotation_schema, source_summary_schema, track_summary_schema
@@ -161,8 +161,10 @@ class DatasetWriter:
 
 
 def _comparable(metadata: RunMetadata) -> dict[str, Any]:
-    """What must agree between a resumed run and the parts already written."""
-    options = {key: value for key, value in metadata.options.items() if key not in {"threads", "device"}}
+    """What must agree between a resumed run and the parts already written. An option that the
+    version which wrote a part did not have counts at its default, which is what that version did."""
+    known = options_document(ModelOptions(), RunOptions())
+    options = {key: value for key, value in {**known, **metadata.options}.items() if key not in {"threads", "device"}}
     return {"weights_sha256": metadata.weights_sha256, "class_names": metadata.class_names, "options": options}
 
 

@@ -88,6 +88,7 @@ class FaceDetector:
         threshold: float = defaults.THRESHOLD,
         min_face_size: int = defaults.MIN_FACE_SIZE,
         detect_scale: float = defaults.DETECT_SCALE,
+        proposal_threshold: float = defaults.PROPOSAL_THRESHOLD,
     ) -> Faces:
         """The faces of all `frames` (which must share a size, as frames of one video do), frame by frame,
         each frame's faces ordered left to right."""
@@ -108,8 +109,7 @@ class FaceDetector:
         else:
             inputs = [frame.rgb for frame in frames]
         batch = np.ascontiguousarray(np.stack(inputs))
-        mtcnn = self._mtcnn
-        thresholds = list(mtcnn.thresholds[:2]) + [threshold]
+        thresholds = [proposal_threshold, self._mtcnn.thresholds[1], threshold]
         # MTCNN's pyramid starts at 12 px; below that it would upsample, which only costs time.
         pyramid_min_size = max(12.0, min_face_size * detect_scale)
         batch_boxes, batch_points = self._run_mtcnn(batch, pyramid_min_size, thresholds)

@@ -52,6 +52,7 @@ class RunOptions:
     fps: float | None = None  # about this many annotated frames per second of video
     max_frames: int | None = None  # per video
     threshold: float = defaults.THRESHOLD  # MTCNN final-stage face probability
+    proposal_threshold: float = defaults.PROPOSAL_THRESHOLD  # MTCNN first-stage (P-Net) face probability
     min_face_size: int = defaults.MIN_FACE_SIZE  # original-frame pixels
     detect_scale: float = defaults.DETECT_SCALE  # frames are resized by this before detection
     detect_every: int = defaults.DETECT_EVERY  # detector on every k-th annotated frame, tracker in between
@@ -71,6 +72,7 @@ class RunOptions:
             (self.fps is None or self.fps > 0, "fps must be positive"),
             (self.max_frames is None or self.max_frames >= 1, "max_frames must be at least 1"),
             (0.0 < self.threshold < 1.0, "threshold must be between 0 and 1"),
+            (0.0 < self.proposal_threshold < 1.0, "proposal_threshold must be between 0 and 1"),
             (self.min_face_size >= 1, "min_face_size must be at least 1 pixel"),
             (0.0 < self.detect_scale <= 4.0, "detect_scale must be in (0, 4]"),
             (self.detect_every >= 1, "detect_every must be at least 1"),

@@ -209,6 +209,7 @@ def detect_faces(
                 parts.append(detector.detect(
                     chosen, source.relative, source.media_type, threshold=options.threshold,
                     min_face_size=min_face_size, detect_scale=options.detect_scale,
+                    proposal_threshold=options.proposal_threshold,
                 ))
         if not parts:
             return replace(batch, faces=Faces.empty(source.relative, source.media_type))

@@ -59,9 +59,10 @@ def detection_workers(device: torch.device, threads: int) -> tuple[int, int]:
 def downstream_threads(threads: int, detecting: int, threads_per_worker: int) -> int:
     """Torch threads for the stages after detection (refinement, the classifier) while `detecting`
     windows are detected side by side on `threads_per_worker` threads each: the run's `threads`
-    the detectors leave, at least one. Measured on two cores (AVX-512 machine, same process,
-    alternating): at the defaults 1.10-1.16x the frames/s of those stages on both threads beside
-    the detectors, which oversubscribed the cores."""
+    the detectors leave, at least one, rather than all of them beside the detectors (four busy
+    threads on two cores). Measured at the defaults (AVX-512 machine, same process, alternating):
+    1.06x and 0.91x (1080p, 640x360) with fer's passive OpenMP waiting, within the machine's
+    noise; 1.09x and 1.11x with torch's spinning default."""
     return max(1, threads - detecting * threads_per_worker)
 
 

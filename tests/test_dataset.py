@@ -167,6 +167,21 @@ def test_resume_refuses_other_options_and_single_files(media_folder, uninterrupt
     assert single.exit_code == 2 and "dataset directory" in " ".join(single.output.split())
 
 
+def test_a_part_written_before_an_option_existed_counts_it_at_its_default(uninterrupted):
+    """Parts of an earlier version lack options added since (as --proposal-threshold); that version
+    ran at their defaults, so resuming with the defaults keeps the parts and with others refuses."""
+    from dataclasses import replace
+
+    from fer_batch.dataset import _comparable
+
+    dataset, _ = uninterrupted
+    metadata, _ = read_part_document(sorted(dataset.directory.glob("part-*.parquet"))[0])
+    assert metadata.options["proposal_threshold"] == 0.6
+    older = replace(metadata, options={key: value for key, value in metadata.options.items() if key != "proposal_threshold"})
+    assert _comparable(older) == _comparable(metadata)
+    assert _comparable(replace(metadata, options={**metadata.options, "proposal_threshold": 0.8})) != _comparable(older)
+
+
 def test_a_source_deleted_mid_run_does_not_stop_a_dataset_run(tmp_path, media_dir, annotator):
     """The part records a deleted file with an identity no file has, so --resume redoes its part."""
     from fer_batch.api import annotate_to_file

@@ -115,3 +115,29 @@ def test_frames_without_candidates_give_empty_answers(detector):
                                      mtcnn.factor, torch.device("cpu"))
         assert len(boxes) == len(frames) and len(points) == len(frames)
         assert all(b.shape == (0, 5) for b in boxes) and all(p.shape == (0, 5, 2) for p in points)
+
+
+def test_the_proposal_threshold_is_p_nets_threshold_as_in_facenet_pytorch(detector, media_dir):
+    """`--proposal-threshold` is MTCNN's first-stage threshold: `FaceDetector.detect` at it finds
+    facenet-pytorch's faces at thresholds [it, 0.7, 0.9] on two crowd frames (those of 20 px or
+    more), and a strict one finds fewer faces than MTCNN's 0.6."""
+    from fer_batch.media import Frame
+
+    mtcnn = detector._mtcnn
+    frames = _shared_frames(media_dir)
+    found = {}
+    for proposal in (0.6, 0.8, 0.95):
+        faces = detector.detect([Frame(None, index, 0.0, rgb) for index, rgb in enumerate(frames)], threshold=0.9,
+                                min_face_size=20, proposal_threshold=proposal)
+        found[proposal] = len(faces)
+        with torch.no_grad():
+            expected_boxes, _ = detect_face(np.stack(frames), 20, mtcnn.pnet, mtcnn.rnet, mtcnn.onet, [proposal, 0.7, 0.9],
+                                            mtcnn.factor, torch.device("cpu"))
+        for index in range(len(frames)):
+            expected = np.asarray(expected_boxes[index], np.float64).reshape(-1, 5)
+            sizes = expected[:, 2:4] - expected[:, 0:2]
+            expected = expected[(sizes >= 20).any(axis=1)]
+            boxes = faces.boxes[faces.frame_index == index]
+            assert len(boxes) == len(expected) >= 3
+            np.testing.assert_allclose(boxes[np.argsort(boxes[:, 0])], expected[np.argsort(expected[:, 0]), :4], atol=0.01)
+    assert found[0.95] < found[0.6]
