@@ -86,6 +86,7 @@ def test_evaluate_writes_every_artefact(trained_run, fer_dir, tmp_path):
     # Smoothing can only remove label changes on steady clips, never add them (up to ties).
     assert sequence["bidirectional"]["steady_clip_flicker_per_100_frames"] <= sequence["cnn_gru"]["steady_clip_flicker_per_100_frames"]
     assert 0 <= sequence["known_changes"]["accuracy"] <= 1
+    assert f"changes)</td><td>{sequence['known_changes']['accuracy']:.2%}</td>" in (out / "index.html").read_text()  # the page too
     realistic = sequence["realistic"]  # the same clips with real video's shake, blur and artefacts
     assert realistic["transition_clips"] == sequence["transition_clips"]
     assert realistic["bidirectional"]["steady_clip_flicker_per_100_frames"] <= realistic["cnn_gru"]["steady_clip_flicker_per_100_frames"]

@@ -342,6 +342,9 @@ def _index_html(result: EvaluationResult, path: Path) -> Path:
                 f"<td>{result.sequence[mode].get('median_lag_frames', float('nan')):.1f}</td></tr>"
                 for mode in TEMPORAL_ROWS if mode in result.sequence
             )
+            + (f"<tr><td>the CNN averaged between true changes (a reference: a smoother told where the face "
+               f"changes)</td><td>{result.sequence['known_changes']['accuracy']:.2%}</td><td></td><td></td><td></td></tr>"
+               if "known_changes" in result.sequence else "")
             + f"</table><p>{result.sequence['clips']} clips of {result.sequence['frames_per_clip']} frames; true label changes "
             f"{result.sequence['true_changes_per_100_frames']:.1f} per 100 frames.</p>"
         )
