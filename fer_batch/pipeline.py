@@ -581,6 +581,11 @@ class Annotator:
     def class_names(self) -> tuple[str, ...]:
         return self.checkpoint.class_names
 
+    def detect(self, events: Iterable[Event], options: RunOptions) -> Iterator[Event]:
+        """The detection stage (`detect_faces`) with this annotator's detector and its split of the
+        threads (fer_batch.runtime.detection_workers)."""
+        return detect_faces(events, self.detector, options, self.detect_workers, self.detect_threads, self.threads)
+
     def run(
         self, paths: list[Path | str], options: RunOptions | None = None, progress: ProgressListener | None = None
     ) -> "AnnotationRun":
@@ -620,8 +625,7 @@ class AnnotationRun:
         annotator, options = self.annotator, self.options
         classifier = SequenceClassifier(annotator.checkpoint, annotator.device, options.temporal)
         events = read_frames(self.sources, options)
-        events = detect_faces(events, annotator.detector, options, annotator.detect_workers, annotator.detect_threads,
-                              annotator.threads)
+        events = annotator.detect(events, options)
         events = track_faces(events, options, annotator.detector.refine)
         events = crop_faces(events, annotator.checkpoint.preprocessing)
         events = classify_faces(events, classifier, options.batch_size)

@@ -208,7 +208,7 @@ class UnitWorker:
 
 def run_unit(unit: WorkUnit, annotator: Any, options: RunOptions, classifier: Any) -> UnitResult:
     """The local engine's stages on one unit, stopping before the GRU: faces and their features."""
-    from fer_batch.pipeline import FrameBatch, SourceFinished, crop_faces, detect_faces, read_frames, track_faces
+    from fer_batch.pipeline import FrameBatch, SourceFinished, crop_faces, read_frames, track_faces
 
     frame_range = (unit.start_frame, unit.stop_frame) if unit.sources[0].media_type == "video" else None
     options = replace(options, max_frames=None) if frame_range and unit.stop_frame is not None else options
@@ -222,8 +222,7 @@ def run_unit(unit: WorkUnit, annotator: Any, options: RunOptions, classifier: An
             yield event
 
     events = read_frames(list(unit.sources), options, frame_range)
-    events = detect_faces(count_owned(events), annotator.detector, options, annotator.detect_workers,
-                          annotator.detect_threads, annotator.threads)
+    events = annotator.detect(count_owned(events), options)
     events = track_faces(events, options, annotator.detector.refine)
     events = crop_faces(events, annotator.checkpoint.preprocessing)
     collected: dict[int, list[Faces]] = {}
