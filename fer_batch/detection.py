@@ -24,27 +24,44 @@ from fer_batch.runtime import bucket_size
 
 
 class BucketedBatches(torch.nn.Module):
-    """Runs a network on batches padded to a few fixed sizes (powers of two).
+    """Runs a network on chunks of at most `chunk` inputs, each padded to a power of two.
 
     oneDNN caches compiled kernels per input shape (up to 1,024 of them), and R-Net and
     O-Net see a different number of candidate faces in every frame: unpadded, each new
     count adds cache entries, and a long video grows the process. With powers of two
-    there are at most ten shapes per network, for at most twice the work of these two
+    there are at most a few shapes per network, for at most twice the work of these two
     small networks (P-Net, the costly one, is untouched). The classifier pads the same way.
+
+    On a CPU, chunks stay small (`CPU_CHUNK`): a big batch's activations (O-Net's first layer
+    holds 0.27 MB a face) come fresh from the operating system on every call and are faulted
+    in page by page, which made O-Net 1.7-2.5x slower per face at 128-512 faces than at 16-64
+    (with glibc's mmap and trim thresholds raised, every size ran at the small chunks' speed in
+    the main thread, but the pipeline's detection threads gained nothing from that).
     """
 
-    def __init__(self, network: torch.nn.Module) -> None:
+    def __init__(self, network: torch.nn.Module, chunk: int | None = None) -> None:
         super().__init__()
         self.network = network
+        self.chunk = chunk
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         count = inputs.shape[0]
+        if self.chunk is not None and count > self.chunk:
+            parts = [self(inputs[start : start + self.chunk]) for start in range(0, count, self.chunk)]
+            return tuple(torch.cat(outputs) for outputs in zip(*parts))
         size = bucket_size(count)
         if size != count:
             padding = inputs.new_zeros((size - count, *inputs.shape[1:]))
             inputs = torch.cat([inputs, padding])
         outputs = self.network(inputs.contiguous(memory_format=torch.channels_last))
         return tuple(output[:count] for output in outputs)
+
+
+# R-Net and O-Net inputs per call on a CPU (BucketedBatches). Measured on the 2-core AVX-512
+# machine, one thread: R-Net 56 us a face in chunks of 32, 100-110 at 64-512; O-Net 350 us at
+# 16-64 (some runs: up to 32), 600-880 at 128-512. Two threads detecting 1080p crowd frames side
+# by side: 150-170 ms a frame each in chunks of 32, 170-240 in chunks of 512.
+CPU_CHUNK = 32
 
 
 def load_mtcnn_networks(device: torch.device) -> "object":
@@ -76,8 +93,9 @@ class FaceDetector:
         self._mtcnn = load_mtcnn_networks(self.device)
         self._pnet = self._mtcnn.pnet.to(memory_format=torch.channels_last).eval()
         # channels-last: 1.8x (R-Net) and 2.6x (O-Net) on a CPU, mostly in their max-pools
-        self._rnet = BucketedBatches(self._mtcnn.rnet.to(memory_format=torch.channels_last)).eval()
-        self._onet = BucketedBatches(self._mtcnn.onet.to(memory_format=torch.channels_last)).eval()
+        chunk = CPU_CHUNK if self.device.type == "cpu" else None  # a GPU takes each stage whole (fer_batch.mtcnn.CHUNK)
+        self._rnet = BucketedBatches(self._mtcnn.rnet.to(memory_format=torch.channels_last), chunk).eval()
+        self._onet = BucketedBatches(self._mtcnn.onet.to(memory_format=torch.channels_last), chunk).eval()
 
     def detect(
         self,

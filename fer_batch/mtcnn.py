@@ -16,7 +16,9 @@ the boxes, scores and landmarks (`tests/test_mtcnn.py`).
 Also: the table's corners are gathered as rows of the flattened table (2x faster than
 indexing the 4-d table); P-Net runs on channels-last inputs, one frame at a time on a CPU
 (1.8x and 1.7x faster at 1080p: oneDNN's faster layout, and one frame's maps fit the
-caches); R-Net and O-Net run in chunks of 512 (channels-last too: `fer_batch.detection`);
+caches); R-Net and O-Net run channels-last too, in chunks of 512 here and of 32 on a CPU
+(`fer_batch.detection.BucketedBatches`: bigger batches' activations are page-faulted in anew on
+every call);
 and a batch with no candidates returns empty results where facenet-pytorch fails.
 """
 
@@ -29,7 +31,7 @@ from torch.nn.functional import interpolate
 from torchvision.ops import batched_nms
 
 PNET_CELL = 12  # P-Net's window, in pyramid pixels: the smallest face a pyramid level can find
-CHUNK = 512  # R-Net and O-Net inputs per call: thousands at once spill the CPU caches (measured 1.5x slower)
+CHUNK = 512  # R-Net and O-Net inputs per call at most (a CPU detector's networks split them further)
 
 
 def pyramid_scales(height: int, width: int, min_face_size: float, factor: float) -> list[float]:

@@ -1,5 +1,6 @@
 """R-Net and O-Net run on batches padded to powers of two, so a long video compiles a bounded
-number of kernel shapes (the native memory growth of issue 12) and the answers do not change."""
+number of kernel shapes (the native memory growth of issue 12), on a CPU in chunks of at most
+`CPU_CHUNK` inputs (bigger batches were slower per face), and the answers do not change."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fer_batch.detection import FaceDetector
+from fer_batch.detection import CPU_CHUNK, BucketedBatches, FaceDetector
 from fer_batch.runtime import bucket_size
 
 
@@ -38,7 +39,24 @@ def test_padded_networks_answer_like_the_bare_ones_at_few_shapes(detector: FaceD
                     assert torch.allclose(answer, reference, atol=1e-5)
         finally:
             hook.remove()
-        assert shapes <= {bucket_size(count) for count in counts}
+        # each call at most CPU_CHUNK inputs: whole chunks, and the rest padded to its power of two
+        assert shapes <= {bucket_size(count % CPU_CHUNK or CPU_CHUNK) for count in counts} | {CPU_CHUNK}
+        assert all(size & (size - 1) == 0 and 8 <= size <= CPU_CHUNK for size in shapes)
+
+
+def test_a_cpu_detector_splits_a_stage_into_chunks_and_an_unchunked_network_takes_it_whole(detector: FaceDetector):
+    """Small chunks are a CPU's remedy; on a GPU (chunk None) a stage stays one batch."""
+    assert detector._rnet.chunk == detector._onet.chunk == CPU_CHUNK
+    whole = BucketedBatches(detector._mtcnn.onet, chunk=None)
+    shapes: list[int] = []
+    hook = detector._mtcnn.onet.register_forward_pre_hook(lambda module, inputs: shapes.append(inputs[0].shape[0]))
+    try:
+        with torch.no_grad():
+            whole(torch.zeros((100, 3, 48, 48)))
+            detector._onet(torch.zeros((100, 3, 48, 48)))
+    finally:
+        hook.remove()
+    assert shapes == [128, CPU_CHUNK, CPU_CHUNK, CPU_CHUNK, 8]
 
 
 @pytest.fixture(scope="module")
