@@ -14,7 +14,7 @@ levels equal facenet-pytorch's to float rounding (within 3e-5 on a 0-255 scale),
 the boxes, scores and landmarks (`tests/test_mtcnn.py`).
 
 Also: the table's corners are gathered as rows of the flattened table (2x faster than
-indexing the 4-d table); P-Net runs on channels-last inputs, one frame at a time on a CPU
+indexing the 4-d table), on a CPU by numpy's `take` (1.2x `index_select` on the pyramid); P-Net runs on channels-last inputs, one frame at a time on a CPU
 (1.8x and 1.7x faster at 1080p: oneDNN's faster layout, and one frame's maps fit the
 caches); R-Net and O-Net run channels-last too, in chunks of 512 here and of 32 on a CPU
 (`fer_batch.detection.BucketedBatches`: bigger batches' activations are page-faulted in anew on
@@ -96,7 +96,10 @@ class AreaSampler:
         left, right = columns[0][:, None, :], columns[1][:, None, :]
 
         def corner(row: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
-            return flat.index_select(0, (base + row * table_width + column).reshape(-1))
+            index = (base + row * table_width + column).reshape(-1)
+            if flat.device.type == "cpu":  # numpy copies the 12-byte rows 1.2-2x faster than index_select
+                return torch.from_numpy(np.take(flat.numpy(), index.numpy(), axis=0))
+            return flat.index_select(0, index)
 
         sums = corner(bottom, right) - corner(top, right) - corner(bottom, left) + corner(top, left)
         areas = ((bottom - top) * (right - left)).to(torch.float32)
