@@ -32,7 +32,7 @@ class BucketedBatches(torch.nn.Module):
     there are at most a few shapes per network, for at most twice the work of these two
     small networks (P-Net, the costly one, is untouched). The classifier pads the same way.
 
-    On a CPU, chunks stay small (`CPU_CHUNK`): a big batch's activations (O-Net's first layer
+    On a CPU, chunks stay small (`CPU_CHUNKS`): a big batch's activations (O-Net's first layer
     holds 0.27 MB a face) come fresh from the operating system on every call and are faulted
     in page by page, which made O-Net 1.7-2.5x slower per face at 128-512 faces than at 16-64
     (with glibc's mmap and trim thresholds raised, every size ran at the small chunks' speed in
@@ -58,10 +58,11 @@ class BucketedBatches(torch.nn.Module):
 
 
 # R-Net and O-Net inputs per call on a CPU (BucketedBatches). Measured on the 2-core AVX-512
-# machine, one thread: R-Net 56 us a face in chunks of 32, 100-110 at 64-512; O-Net 350 us at
-# 16-64 (some runs: up to 32), 600-880 at 128-512. Two threads detecting 1080p crowd frames side
-# by side: 150-170 ms a frame each in chunks of 32, 170-240 in chunks of 512.
-CPU_CHUNK = 32
+# machine, one thread: R-Net 56 us a face in chunks of 32, 100-110 at 48-512; O-Net 350-365 us
+# at 16, the same or 630 at 32 by what the process allocated before, 600-880 at 128-512. Two
+# threads detecting 1080p crowd frames side by side: 147-160 ms a frame each with these chunks,
+# 170-240 with chunks of 512.
+CPU_CHUNKS = {"rnet": 32, "onet": 16}
 
 
 def load_mtcnn_networks(device: torch.device) -> "object":
@@ -93,9 +94,9 @@ class FaceDetector:
         self._mtcnn = load_mtcnn_networks(self.device)
         self._pnet = self._mtcnn.pnet.to(memory_format=torch.channels_last).eval()
         # channels-last: 1.8x (R-Net) and 2.6x (O-Net) on a CPU, mostly in their max-pools
-        chunk = CPU_CHUNK if self.device.type == "cpu" else None  # a GPU takes each stage whole (fer_batch.mtcnn.CHUNK)
-        self._rnet = BucketedBatches(self._mtcnn.rnet.to(memory_format=torch.channels_last), chunk).eval()
-        self._onet = BucketedBatches(self._mtcnn.onet.to(memory_format=torch.channels_last), chunk).eval()
+        chunks = CPU_CHUNKS if self.device.type == "cpu" else {}  # a GPU takes each stage whole (fer_batch.mtcnn.CHUNK)
+        self._rnet = BucketedBatches(self._mtcnn.rnet.to(memory_format=torch.channels_last), chunks.get("rnet")).eval()
+        self._onet = BucketedBatches(self._mtcnn.onet.to(memory_format=torch.channels_last), chunks.get("onet")).eval()
 
     def detect(
         self,

@@ -16,7 +16,7 @@ the boxes, scores and landmarks (`tests/test_mtcnn.py`).
 Also: the table's corners are gathered as rows of the flattened table (2x faster than
 indexing the 4-d table), on a CPU by numpy's `take` (1.2x `index_select` on the pyramid); P-Net runs on channels-last inputs, one frame at a time on a CPU
 (1.8x and 1.7x faster at 1080p: oneDNN's faster layout, and one frame's maps fit the
-caches); R-Net and O-Net run channels-last too, in chunks of 512 here and of 32 on a CPU
+caches); R-Net and O-Net run channels-last too, in chunks of 512 here and of 16-32 on a CPU
 (`fer_batch.detection.BucketedBatches`: bigger batches' activations are page-faulted in anew on
 every call);
 and a batch with no candidates returns empty results where facenet-pytorch fails.

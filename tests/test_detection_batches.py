@@ -1,6 +1,6 @@
 """R-Net and O-Net run on batches padded to powers of two, so a long video compiles a bounded
 number of kernel shapes (the native memory growth of issue 12), on a CPU in chunks of at most
-`CPU_CHUNK` inputs (bigger batches were slower per face), and the answers do not change."""
+`CPU_CHUNKS` inputs (bigger batches were slower per face), and the answers do not change."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fer_batch.detection import CPU_CHUNK, BucketedBatches, FaceDetector
+from fer_batch.detection import CPU_CHUNKS, BucketedBatches, FaceDetector
 from fer_batch.runtime import bucket_size
 
 
@@ -24,7 +24,8 @@ def test_bucket_sizes_are_few_powers_of_two_that_fit(count):
 @given(counts=st.lists(st.integers(min_value=1, max_value=300), min_size=1, max_size=6), seed=st.integers(0, 2**16))
 def test_padded_networks_answer_like_the_bare_ones_at_few_shapes(detector: FaceDetector, counts, seed):
     generator = torch.Generator().manual_seed(seed)
-    for bare, padded, side in ((detector._mtcnn.rnet, detector._rnet, 24), (detector._mtcnn.onet, detector._onet, 48)):
+    for bare, padded, side, chunk in ((detector._mtcnn.rnet, detector._rnet, 24, CPU_CHUNKS["rnet"]),
+                                      (detector._mtcnn.onet, detector._onet, 48, CPU_CHUNKS["onet"])):
         shapes: set[int] = set()
         hook = bare.register_forward_pre_hook(lambda module, inputs: shapes.add(inputs[0].shape[0]))
         try:
@@ -39,14 +40,14 @@ def test_padded_networks_answer_like_the_bare_ones_at_few_shapes(detector: FaceD
                     assert torch.allclose(answer, reference, atol=1e-5)
         finally:
             hook.remove()
-        # each call at most CPU_CHUNK inputs: whole chunks, and the rest padded to its power of two
-        assert shapes <= {bucket_size(count % CPU_CHUNK or CPU_CHUNK) for count in counts} | {CPU_CHUNK}
-        assert all(size & (size - 1) == 0 and 8 <= size <= CPU_CHUNK for size in shapes)
+        # each call at most `chunk` inputs: whole chunks, and the rest padded to its power of two
+        assert shapes <= {bucket_size(count % chunk or chunk) for count in counts} | {chunk}
+        assert all(size & (size - 1) == 0 and 8 <= size <= chunk for size in shapes)
 
 
 def test_a_cpu_detector_splits_a_stage_into_chunks_and_an_unchunked_network_takes_it_whole(detector: FaceDetector):
     """Small chunks are a CPU's remedy; on a GPU (chunk None) a stage stays one batch."""
-    assert detector._rnet.chunk == detector._onet.chunk == CPU_CHUNK
+    assert (detector._rnet.chunk, detector._onet.chunk) == (CPU_CHUNKS["rnet"], CPU_CHUNKS["onet"]) == (32, 16)
     whole = BucketedBatches(detector._mtcnn.onet, chunk=None)
     shapes: list[int] = []
     hook = detector._mtcnn.onet.register_forward_pre_hook(lambda module, inputs: shapes.append(inputs[0].shape[0]))
@@ -56,7 +57,7 @@ def test_a_cpu_detector_splits_a_stage_into_chunks_and_an_unchunked_network_take
             detector._onet(torch.zeros((100, 3, 48, 48)))
     finally:
         hook.remove()
-    assert shapes == [128, CPU_CHUNK, CPU_CHUNK, CPU_CHUNK, 8]
+    assert shapes == [128] + [16] * 6 + [8]
 
 
 @pytest.fixture(scope="module")
