@@ -19,7 +19,7 @@ import torch
 from fer_batch import defaults
 from fer_batch.faces import Faces
 from fer_batch.media import Frame
-from fer_batch.mtcnn import crop_box, detect_batch, normalise_pixels, place_landmarks
+from fer_batch.mtcnn import crop_box, detect_batch, normalise_pixels, place_landmarks, with_strided_pools
 from fer_batch.runtime import bucket_size
 
 
@@ -92,11 +92,16 @@ class FaceDetector:
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
         self._mtcnn = load_mtcnn_networks(self.device)
-        self._pnet = self._mtcnn.pnet.to(memory_format=torch.channels_last).eval()
-        # channels-last: 1.8x (R-Net) and 2.6x (O-Net) on a CPU, mostly in their max-pools
-        chunks = CPU_CHUNKS if self.device.type == "cpu" else {}  # a GPU takes each stage whole (fer_batch.mtcnn.CHUNK)
-        self._rnet = BucketedBatches(self._mtcnn.rnet.to(memory_format=torch.channels_last), chunks.get("rnet")).eval()
-        self._onet = BucketedBatches(self._mtcnn.onet.to(memory_format=torch.channels_last), chunks.get("onet")).eval()
+        # channels-last: P-Net 1.8x, R-Net 1.8x and O-Net 2.6x on a CPU, mostly in their max-pools
+        pnet, rnet, onet = (network.to(memory_format=torch.channels_last).eval()
+                            for network in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet))
+        chunks = {}  # a GPU takes each stage whole (fer_batch.mtcnn.CHUNK)
+        if self.device.type == "cpu":  # copies: facenet-pytorch's own networks stay as they ship (tests compare)
+            pnet, rnet, onet = (with_strided_pools(network) for network in (pnet, rnet, onet))
+            chunks = CPU_CHUNKS
+        self._pnet = pnet
+        self._rnet = BucketedBatches(rnet, chunks.get("rnet")).eval()
+        self._onet = BucketedBatches(onet, chunks.get("onet")).eval()
 
     def detect(
         self,

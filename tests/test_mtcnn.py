@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from torch.nn.functional import interpolate
 
 from fer_batch.detection import FaceDetector
-from fer_batch.mtcnn import AreaSampler, crop_box, detect_batch, summed_area_table, summed_area_table_opencv
+from fer_batch.mtcnn import (
+    AreaSampler, StridedMaxPool, crop_box, detect_batch, summed_area_table, summed_area_table_opencv, with_strided_pools,
+)
 
 THRESHOLDS = [0.6, 0.7, 0.9]
 
@@ -141,3 +143,35 @@ def test_the_proposal_threshold_is_p_nets_threshold_as_in_facenet_pytorch(detect
             assert len(boxes) == len(expected) >= 3
             np.testing.assert_allclose(boxes[np.argsort(boxes[:, 0])], expected[np.argsort(expected[:, 0]), :4], atol=0.01)
     assert found[0.95] < found[0.6]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), batch=st.integers(1, 3), channels=st.integers(1, 12), height=st.integers(3, 40),
+       width=st.integers(3, 40), kernel=st.integers(2, 3), stride=st.integers(1, 3))
+def test_strided_max_pools_give_torchs_maxima_bit_for_bit(seed, batch, channels, height, width, kernel, stride):
+    """Odd and even sizes, last windows hanging over the edge (ceil mode), ties from rounded values."""
+    generator = torch.Generator().manual_seed(seed)
+    maps = (torch.randn((batch, channels, height, width), generator=generator) * 4).round()
+    maps = maps.contiguous(memory_format=torch.channels_last)
+    pool = torch.nn.MaxPool2d(kernel, stride, ceil_mode=True)
+    expected = pool(maps)
+    answer = StridedMaxPool(pool, min_elements=0)(maps)
+    assert answer.shape == expected.shape and torch.equal(answer, expected)
+    assert answer.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_detectors_networks_are_copies_with_strided_pools_on_a_cpu(detector):
+    """facenet-pytorch's networks (the tests' reference) keep torch's pools; the detector's copies
+    pool every map large enough the strided way, and P-Net answers the same on a real pyramid level."""
+    for ours, theirs in ((detector._pnet, detector._mtcnn.pnet), (detector._rnet.network, detector._mtcnn.rnet),
+                         (detector._onet.network, detector._mtcnn.onet)):
+        assert ours is not theirs
+        pools = [module for module in ours.children() if isinstance(module, (StridedMaxPool, torch.nn.MaxPool2d))]
+        assert pools and all(isinstance(module, StridedMaxPool) for module in pools)
+        assert not any(isinstance(module, StridedMaxPool) for module in theirs.children())
+    level = torch.rand((1, 3, 300, 500)).contiguous(memory_format=torch.channels_last) * 2 - 1
+    with torch.no_grad():
+        for answer, expected in zip(detector._pnet(level), detector._mtcnn.pnet(level)):
+            assert torch.equal(answer, expected)
+    with pytest.raises(ValueError):
+        with_strided_pools(torch.nn.Sequential(torch.nn.MaxPool2d(2, 2, padding=1, ceil_mode=True)))
