@@ -39,6 +39,22 @@ def test_the_opencv_table_is_the_torch_table(seed, count, height, width):
     assert table[:, -1, -1].tolist() == pixels.long().sum((1, 2)).tolist()
 
 
+def test_a_threads_reused_table_buffer_holds_each_new_table():
+    """Detection reuses one table buffer per thread (no fresh pages each window): a smaller window
+    after a larger one gets its own exact table in the same memory, a larger one a grown buffer."""
+    large, small, larger = (torch.from_numpy(_frames(seed, *shape)) for seed, shape in
+                            ((1, (2, 60, 80)), (2, (3, 20, 30)), (3, (2, 90, 120))))
+    first = summed_area_table_opencv(large, reuse=True)
+    assert torch.equal(first, summed_area_table(large))
+    second = summed_area_table_opencv(small, reuse=True)
+    assert torch.equal(second, summed_area_table(small))
+    assert second.data_ptr() == first.data_ptr()  # the same buffer: the first table is gone
+    third = summed_area_table_opencv(larger, reuse=True)
+    assert torch.equal(third, summed_area_table(larger))
+    fresh = summed_area_table_opencv(small)  # without reuse: memory of its own
+    assert fresh.data_ptr() != third.data_ptr() and torch.equal(fresh, summed_area_table(small))
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**16), count=st.integers(1, 3), height=st.integers(12, 90), width=st.integers(12, 90),
        out_height=st.integers(1, 60), out_width=st.integers(1, 60))
