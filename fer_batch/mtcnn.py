@@ -14,12 +14,13 @@ levels equal facenet-pytorch's to float rounding (within 3e-5 on a 0-255 scale),
 the boxes, scores and landmarks (`tests/test_mtcnn.py`).
 
 Also: the table's corners are gathered as rows of the flattened table (2x faster than
-indexing the 4-d table), on a CPU by numpy's `take` (1.2x `index_select` on the pyramid); P-Net runs on channels-last inputs, one frame at a time on a CPU
-(1.8x and 1.7x faster at 1080p: oneDNN's faster layout, and one frame's maps fit the
+indexing the 4-d table), on a CPU by numpy's `take` (1.2x `index_select` on the pyramid), and
+each thread reuses one table buffer; P-Net runs on channels-last inputs, one frame at a time on
+a CPU (1.8x and 1.7x faster at 1080p: oneDNN's faster layout, and one frame's maps fit the
 caches); R-Net and O-Net run channels-last too, in chunks of 512 here and of 16-32 on a CPU
 (`fer_batch.detection.BucketedBatches`: bigger batches' activations are page-faulted in anew on
-every call);
-and a batch with no candidates returns empty results where facenet-pytorch fails.
+every call); large max-pools are maxima of strided views (`StridedMaxPool`); and a batch with
+no candidates returns empty results where facenet-pytorch fails.
 """
 
 from __future__ import annotations
@@ -63,8 +64,9 @@ _THREAD_BUFFERS = threading.local()
 def _table_buffer(shape: tuple[int, ...]) -> np.ndarray:
     """This thread's int32 buffer for summed-area tables, reused from window to window (a
     detector thread runs one window at a time). A window of four 1080p frames has a 100 MB
-    table; allocated anew, its pages were faulted in again for every window (7,000 page faults
-    a frame). The buffer grows to the largest window the thread has seen and dies with it."""
+    table; allocated anew, its pages were faulted in again for every window (thousands of page
+    faults a frame). The buffer grows to the largest window the thread has seen (about 150 MB
+    for a photo at the 4096-px working size) and dies with it."""
     needed = int(np.prod(shape))
     buffer = getattr(_THREAD_BUFFERS, "table", None)
     if buffer is None or buffer.size < needed:
