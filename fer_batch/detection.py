@@ -19,7 +19,7 @@ import torch
 from fer_batch import defaults
 from fer_batch.faces import Faces
 from fer_batch.media import Frame
-from fer_batch.mtcnn import crop_box, detect_batch, normalise_pixels, place_landmarks, with_strided_pools
+from fer_batch.mtcnn import crop_box, detect_batch, for_cpu, normalise_pixels, place_landmarks
 from fer_batch.runtime import bucket_size
 
 
@@ -97,7 +97,7 @@ class FaceDetector:
                             for network in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet))
         chunks = {}  # a GPU takes each stage whole (fer_batch.mtcnn.CHUNK)
         if self.device.type == "cpu":  # copies: facenet-pytorch's own networks stay as they ship (tests compare)
-            pnet, rnet, onet = (with_strided_pools(network) for network in (pnet, rnet, onet))
+            pnet, rnet, onet = (for_cpu(network) for network in (pnet, rnet, onet))
             chunks = CPU_CHUNKS
         self._pnet = pnet
         self._rnet = BucketedBatches(rnet, chunks.get("rnet")).eval()

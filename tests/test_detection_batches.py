@@ -27,7 +27,7 @@ def test_padded_networks_answer_like_the_bare_ones_at_few_shapes(detector: FaceD
     for bare, padded, side, chunk in ((detector._mtcnn.rnet, detector._rnet, 24, CPU_CHUNKS["rnet"]),
                                       (detector._mtcnn.onet, detector._onet, 48, CPU_CHUNKS["onet"])):
         # `bare` is facenet-pytorch's network as it ships; `padded` wraps the detector's copy of it
-        # (channels-last, strided max-pools: fer_batch.mtcnn.with_strided_pools)
+        # (channels-last, strided max-pools, rowwise PReLUs: fer_batch.mtcnn.for_cpu)
         assert padded.network is not bare
         shapes: set[int] = set()
         hook = padded.network.register_forward_pre_hook(lambda module, inputs: shapes.add(inputs[0].shape[0]))

@@ -13,7 +13,7 @@ from torch.nn.functional import interpolate
 
 from fer_batch.detection import FaceDetector
 from fer_batch.mtcnn import (
-    AreaSampler, StridedMaxPool, crop_box, detect_batch, summed_area_table, summed_area_table_opencv, with_strided_pools,
+    AreaSampler, RowwisePReLU, StridedMaxPool, crop_box, detect_batch, for_cpu, summed_area_table, summed_area_table_opencv,
 )
 
 THRESHOLDS = [0.6, 0.7, 0.9]
@@ -176,18 +176,35 @@ def test_strided_max_pools_give_torchs_maxima_bit_for_bit(seed, batch, channels,
     assert answer.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_the_detectors_networks_are_copies_with_strided_pools_on_a_cpu(detector):
-    """facenet-pytorch's networks (the tests' reference) keep torch's pools; the detector's copies
-    pool every map large enough the strided way, and P-Net answers the same on a real pyramid level."""
+def test_rowwise_prelus_give_torchs_values_bit_for_bit():
+    """Channel counts that are and are not multiples of 8, maps of one row or column, and the
+    inputs RowwisePReLU hands on: 2-d ones (R-Net's and O-Net's dense layers), NCHW maps."""
+    generator = torch.Generator().manual_seed(5)
+    for shape in ((1, 10, 37, 53), (3, 28, 22, 22), (2, 10, 1, 9), (2, 16, 7, 1), (5, 10), (1, 10, 6, 8)):
+        prelu = torch.nn.PReLU(shape[1])
+        with torch.no_grad():
+            prelu.weight.copy_(torch.randn(shape[1], generator=generator))
+        inputs = torch.randn(shape, generator=generator)
+        if len(shape) == 4 and shape != (1, 10, 6, 8):  # the last stays NCHW: handed on
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            assert torch.equal(RowwisePReLU(prelu)(inputs), prelu(inputs))
+
+
+def test_the_detectors_networks_are_cpu_copies_with_the_same_answers(detector):
+    """facenet-pytorch's networks (the tests' reference) keep torch's modules; the detector's copies
+    pool the strided way and take P-Net's ten-channel PReLU by rows, and P-Net answers the same on
+    a real-sized pyramid level."""
     for ours, theirs in ((detector._pnet, detector._mtcnn.pnet), (detector._rnet.network, detector._mtcnn.rnet),
                          (detector._onet.network, detector._mtcnn.onet)):
         assert ours is not theirs
         pools = [module for module in ours.children() if isinstance(module, (StridedMaxPool, torch.nn.MaxPool2d))]
         assert pools and all(isinstance(module, StridedMaxPool) for module in pools)
-        assert not any(isinstance(module, StridedMaxPool) for module in theirs.children())
+        assert not any(isinstance(module, (StridedMaxPool, RowwisePReLU)) for module in theirs.children())
+    assert isinstance(detector._pnet.prelu1, RowwisePReLU) and isinstance(detector._pnet.prelu2, torch.nn.PReLU)
     level = torch.rand((1, 3, 300, 500)).contiguous(memory_format=torch.channels_last) * 2 - 1
     with torch.no_grad():
         for answer, expected in zip(detector._pnet(level), detector._mtcnn.pnet(level)):
             assert torch.equal(answer, expected)
     with pytest.raises(ValueError):
-        with_strided_pools(torch.nn.Sequential(torch.nn.MaxPool2d(2, 2, padding=1, ceil_mode=True)))
+        for_cpu(torch.nn.Sequential(torch.nn.MaxPool2d(2, 2, padding=1, ceil_mode=True)))
