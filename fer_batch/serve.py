@@ -32,6 +32,7 @@ import pandas as pd
 
 from fer_batch import defaults
 from fer_batch.media import MediaSource
+from fer_batch.writers import write_csv
 
 JOB_ID = re.compile(r"^[0-9a-f]{12}$")
 ACCEPTED_SUFFIXES = frozenset(defaults.IMAGE_SUFFIXES + defaults.VIDEO_SUFFIXES)
@@ -175,7 +176,7 @@ class JobQueue:
         job.current, job.state = None, "rendering"
         outputs = write_report(results, report=job.folder / "report.html", render=job.folder / "annotated")
         faces = pd.read_parquet(results)
-        faces.to_csv(job.folder / "results.csv", index=False)
+        write_csv(faces, job.folder / "results.csv")
         totals = outcome.summary.totals
         link = lambda path: f"/jobs/{job.id}/files/{path.relative_to(job.folder).as_posix()}"  # noqa: E731
         shown = faces[list(TABLE_COLUMNS)].head(self.table_rows)

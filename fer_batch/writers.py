@@ -154,9 +154,7 @@ class AnnotationWriter:
                 self._parquet = pq.ParquetWriter(self._temporary, self.schema, compression="zstd")
             self._parquet.write_table(table)
         else:
-            table.to_pandas().to_csv(
-                self._temporary, mode="a" if self._csv_started else "w", header=not self._csv_started, index=False
-            )
+            write_csv(table.to_pandas(), self._temporary, append=self._csv_started)
             self._csv_started = True
         self.rows_written += table.num_rows
 
@@ -194,9 +192,16 @@ def write_table_atomic(frame: pd.DataFrame, path: Path, schema: pa.Schema, metad
     if path.suffix.lower() == ".parquet":
         pq.write_table(table.replace_schema_metadata(metadata.parquet_metadata()), temporary, compression="zstd")
     else:
-        table.to_pandas().to_csv(temporary, index=False)
+        write_csv(table.to_pandas(), temporary)
     os.replace(temporary, path)
     return path
+
+
+def write_csv(frame: pd.DataFrame, path: Path, append: bool = False) -> None:
+    """A table as CSV that reads back as written: lines end in CRLF (RFC 4180), so a text field
+    holding a carriage return (a file name, an error message) is quoted. With pandas' default
+    line end, \\n, such a field was written bare and split its row when read back."""
+    frame.to_csv(path, mode="a" if append else "w", header=not append, index=False, lineterminator="\r\n")
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fer_batch.faces import Faces
 from fer_batch.labels import EMOTIONS
 from fer_batch.results import RunMetadata, read_table
-from fer_batch.schema import annotation_schema
+from fer_batch.schema import ERROR_SCHEMA, annotation_schema
 from fer_batch.tracking import IoUTracker
-from fer_batch.writers import AnnotationWriter
+from fer_batch.writers import AnnotationWriter, write_table_atomic
 from tests.test_tracking import _frame
 
 # -- the tracker ---------------------------------------------------------------------------
@@ -71,6 +71,10 @@ awkward = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characte
 
 @settings(max_examples=25, deadline=None)
 @given(source=awkward, count=st.integers(0, 12), seed=st.integers(0, 2**16), csv=st.booleans())
+@example(source="\r0", count=1, seed=0, csv=True)  # carriage returns: once written bare, they split rows
+@example(source="0\r", count=1, seed=0, csv=True)
+@example(source="\r", count=2, seed=0, csv=True)
+@example(source="a\r\nb,\"c\"\n", count=3, seed=1, csv=True)
 def test_any_rows_round_trip_through_parquet_and_csv(tmp_path_factory, source, count, seed, csv):
     rng = np.random.default_rng(seed)
     probabilities = rng.dirichlet(np.ones(len(EMOTIONS)), count).astype(np.float32)
@@ -96,6 +100,20 @@ def test_any_rows_round_trip_through_parquet_and_csv(tmp_path_factory, source, c
         assert np.array_equal(table[[f"prob_{name}" for name in EMOTIONS]].to_numpy(), probabilities)
         assert np.array_equal(table.timestamp_s.to_numpy(), faces.timestamp_s)
 
+
+
+@settings(max_examples=25, deadline=None)
+@given(sources=st.lists(awkward, min_size=1, max_size=4), message=awkward, suffix=st.sampled_from([".csv", ".parquet"]))
+@example(sources=["clip\r.mp4"], message="cannot decode\r\nframe 3", suffix=".csv")
+def test_the_errors_table_round_trips_any_names_and_messages(tmp_path_factory, sources, message, suffix):
+    """The companion tables hold file names and error messages as users' files give them."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"source": sources, "stage": ["decode"] * len(sources), "message": [message] * len(sources)})
+    out = tmp_path_factory.mktemp("errors") / f"r.errors{suffix}"
+    write_table_atomic(frame, out, ERROR_SCHEMA, RunMetadata("test", "w", "", list(EMOTIONS), "cpu", {}))
+    table = read_table(out, ERROR_SCHEMA)
+    assert table.to_dict("list") == frame.to_dict("list")
 
 @pytest.fixture(scope="module")
 def detector_and_photo(media_dir):
