@@ -56,7 +56,7 @@ def annotate(
     fps: Optional[float] = typer.Option(None, "--fps", help="Annotate about this many frames per second of video (overrides --every-nth)."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Annotate at most this many frames per video."),
     threshold: float = typer.Option(defaults.THRESHOLD, "--threshold", help="MTCNN final-stage face probability."),
-    proposal_threshold: float = typer.Option(defaults.PROPOSAL_THRESHOLD, "--proposal-threshold", help="MTCNN first-stage (P-Net) face probability for a candidate window; higher is faster on large frames and finds fewer hard faces (0.8: 1.4x at 1080p)."),
+    proposal_threshold: float = typer.Option(defaults.PROPOSAL_THRESHOLD, "--proposal-threshold", help="MTCNN first-stage (P-Net) face probability for a candidate window; higher is faster on large frames and finds fewer hard faces (0.8: 1.2x at 1080p)."),
     min_face_size: int = typer.Option(defaults.MIN_FACE_SIZE, "--min-face-size", min=1, help="Smallest face, in original-frame pixels."),
     detect_scale: float = typer.Option(defaults.DETECT_SCALE, "--detect-scale", help="Resize frames by this before detection (0.5 = 4x fewer pixels)."),
     detect_every: int = typer.Option(defaults.DETECT_EVERY, "--detect-every", min=1, help="Run the detector on every k-th annotated frame; in between, refine each track's predicted box with O-Net."),
