@@ -14,7 +14,7 @@ PRECISION = "auto"
 THRESHOLD = 0.90  # final-stage (ONet) face probability
 # First-stage (P-Net) face probability for a candidate window: MTCNN's own 0.6. Higher sends
 # fewer candidates to R-Net and O-Net (0.8: 1.16-1.24x the frames/s of the defaults on the 1080p
-# crowd clip, 1.06-1.12x at 640x360, in two `make benchmark` runs) and finds fewer hard faces:
+# crowd clip, 1.06-1.12x at 640x360, in three `make benchmark` runs) and finds fewer hard faces:
 # 512 instead of 531 of 600 PublicTest faces enlarged 3x (README "Throughput").
 PROPOSAL_THRESHOLD = 0.6
 MIN_FACE_SIZE = 20  # pixels of the original frame
