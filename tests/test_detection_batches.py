@@ -69,6 +69,13 @@ def test_a_cpu_detector_splits_a_stage_into_chunks_and_an_unchunked_network_take
     assert shapes == [128] + [16] * 6 + [4] + [16] + [8, 1]
 
 
+def test_no_inputs_give_empty_answers(detector: FaceDetector):
+    for padded, side in ((detector._rnet, 24), (detector._onet, 48)):
+        with torch.no_grad():
+            answers = padded(torch.zeros((0, 3, side, side)))
+        assert answers and all(answer.shape[0] == 0 for answer in answers)
+
+
 @pytest.fixture(scope="module")
 def detector() -> FaceDetector:
     return FaceDetector("cpu")
