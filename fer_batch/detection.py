@@ -57,7 +57,7 @@ class BucketedBatches(torch.nn.Module):
             parts = [self(inputs[start : start + self.chunk]) for start in range(0, count, self.chunk)]
             return tuple(torch.cat(outputs) for outputs in zip(*parts))
         size = bucket_size(count, self.smallest)
-        if self.chunk is not None and count > 1 and size - count > size // 4:  # e.g. 9 as 8 + 1, not 16
+        if self.chunk is not None and count > size // 2 and size - count > size // 4:  # e.g. 9 as 8 + 1, not 16
             half = size // 2
             parts = [self(inputs[:half]), self(inputs[half:])]
             return tuple(torch.cat(outputs) for outputs in zip(*parts))

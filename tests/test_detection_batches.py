@@ -69,11 +69,21 @@ def test_a_cpu_detector_splits_a_stage_into_chunks_and_an_unchunked_network_take
     assert shapes == [128] + [16] * 6 + [4] + [16] + [8, 1]
 
 
-def test_no_inputs_give_empty_answers(detector: FaceDetector):
+def test_no_inputs_and_counts_under_the_smallest_batch_run_once(detector: FaceDetector):
     for padded, side in ((detector._rnet, 24), (detector._onet, 48)):
         with torch.no_grad():
             answers = padded(torch.zeros((0, 3, side, side)))
         assert answers and all(answer.shape[0] == 0 for answer in answers)
+    network = detector._onet.network
+    chunked_from_eight = BucketedBatches(network, chunk=16, smallest=8)
+    shapes: list[int] = []
+    hook = network.register_forward_pre_hook(lambda module, inputs: shapes.append(inputs[0].shape[0]))
+    try:
+        with torch.no_grad():
+            answers = chunked_from_eight(torch.zeros((3, 3, 48, 48)))
+    finally:
+        hook.remove()
+    assert shapes == [8] and all(answer.shape[0] == 3 for answer in answers)
 
 
 @pytest.fixture(scope="module")
