@@ -41,8 +41,8 @@ class BucketedBatches(torch.nn.Module):
     On a CPU, batches are padded from 1 (`smallest`), not 8: refinement (`FaceDetector.refine`)
     calls O-Net on one to a few faces at a time, and one face padded to eight cost 8x (one
     thread: 4.9 ms a call against 0.61 ms alone); and a count that padding would inflate by more
-    than a quarter runs as two calls instead (9 as 8 + 1, not 16). The answers are the same; the
-    powers of two under 8 add three shapes per network to oneDNN's cache.
+    than a quarter runs as two calls where that runs fewer rows (9 as 8 + 1, not 16). The answers
+    are the same; the powers of two under 8 add three shapes per network to oneDNN's cache.
     """
 
     def __init__(self, network: torch.nn.Module, chunk: int | None = None, smallest: int = 8) -> None:
@@ -57,8 +57,9 @@ class BucketedBatches(torch.nn.Module):
             parts = [self(inputs[start : start + self.chunk]) for start in range(0, count, self.chunk)]
             return tuple(torch.cat(outputs) for outputs in zip(*parts))
         size = bucket_size(count, self.smallest)
-        if self.chunk is not None and count > size // 2 and size - count > size // 4:  # e.g. 9 as 8 + 1, not 16
-            half = size // 2
+        half = size // 2
+        if (self.chunk is not None and size > self.smallest and size - count > size // 4
+                and half + bucket_size(count - half, self.smallest) < size):  # e.g. 9 as 8 + 1, not 16
             parts = [self(inputs[:half]), self(inputs[half:])]
             return tuple(torch.cat(outputs) for outputs in zip(*parts))
         if size != count:

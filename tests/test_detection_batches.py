@@ -69,6 +69,33 @@ def test_a_cpu_detector_splits_a_stage_into_chunks_and_an_unchunked_network_take
     assert shapes == [128] + [16] * 6 + [4] + [16] + [8, 1]
 
 
+class _RowSums(torch.nn.Module):
+    """A stand-in network whose answers per row are easy to check; records each call's batch size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls.append(inputs.shape[0])
+        return inputs.sum(dim=(1, 2, 3)), inputs.amax(dim=(1, 2, 3))
+
+
+@given(count=st.integers(min_value=0, max_value=300), chunk=st.sampled_from([None, 16, 32]),
+       smallest=st.sampled_from([1, 8]))
+def test_any_count_any_chunk_runs_in_power_of_two_calls_with_row_answers(count, chunk, smallest):
+    network = _RowSums()
+    inputs = torch.arange(count * 12, dtype=torch.float32).reshape(count, 3, 2, 2)
+    sums, maxima = BucketedBatches(network, chunk, smallest)(inputs)
+    assert torch.equal(sums, inputs.sum(dim=(1, 2, 3))) and torch.equal(maxima, inputs.amax(dim=(1, 2, 3)))
+    assert network.calls and all(size & (size - 1) == 0 and size >= min(smallest, max(count, 1)) for size in network.calls)
+    if chunk is None or count <= smallest:  # one padded call (a GPU; or no more than the smallest batch)
+        assert network.calls == [bucket_size(count, smallest)]
+    else:  # at most a quarter of a call padded, or the rest of a smallest batch
+        assert max(network.calls) <= chunk
+        assert sum(network.calls) - count <= max(max(network.calls) // 4, smallest - 1)
+
+
 def test_no_inputs_and_counts_under_the_smallest_batch_run_once(detector: FaceDetector):
     for padded, side in ((detector._rnet, 24), (detector._onet, 48)):
         with torch.no_grad():
