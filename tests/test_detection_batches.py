@@ -88,7 +88,7 @@ def test_any_count_any_chunk_runs_in_power_of_two_calls_with_row_answers(count, 
     inputs = torch.arange(count * 12, dtype=torch.float32).reshape(count, 3, 2, 2)
     sums, maxima = BucketedBatches(network, chunk, smallest)(inputs)
     assert torch.equal(sums, inputs.sum(dim=(1, 2, 3))) and torch.equal(maxima, inputs.amax(dim=(1, 2, 3)))
-    assert network.calls and all(size & (size - 1) == 0 and size >= min(smallest, max(count, 1)) for size in network.calls)
+    assert network.calls and all(size & (size - 1) == 0 and size >= smallest for size in network.calls)
     if chunk is None or count <= smallest:  # one padded call (a GPU; or no more than the smallest batch)
         assert network.calls == [bucket_size(count, smallest)]
     else:  # at most a quarter of a call padded, or the rest of a smallest batch
