@@ -19,7 +19,7 @@ import torch
 from fer_batch import defaults
 from fer_batch.faces import Faces
 from fer_batch.media import Frame
-from fer_batch.mtcnn import crop_box, detect_batch, for_cpu, normalise_pixels, place_landmarks
+from fer_batch.mtcnn import crop_box, detect_batch, for_cpu, normalise_pixels, place_landmarks, run_in_chunks
 from fer_batch.runtime import bucket_size
 
 
@@ -54,14 +54,12 @@ class BucketedBatches(torch.nn.Module):
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         count = inputs.shape[0]
         if self.chunk is not None and count > self.chunk:
-            parts = [self(inputs[start : start + self.chunk]) for start in range(0, count, self.chunk)]
-            return tuple(torch.cat(outputs) for outputs in zip(*parts))
+            return run_in_chunks(self, inputs, self.chunk)
         size = bucket_size(count, self.smallest)
         half = size // 2
         if (self.chunk is not None and size > self.smallest and size - count > size // 4
                 and half + bucket_size(count - half, self.smallest) < size):  # e.g. 9 as 8 + 1, not 16
-            parts = [self(inputs[:half]), self(inputs[half:])]
-            return tuple(torch.cat(outputs) for outputs in zip(*parts))
+            return run_in_chunks(self, inputs, half)  # two calls: count < 2 x half
         if size != count:
             padding = inputs.new_zeros((size - count, *inputs.shape[1:]))
             inputs = torch.cat([inputs, padding])
@@ -107,12 +105,11 @@ class FaceDetector:
         # channels-last: P-Net 1.8x, R-Net 1.8x and O-Net 2.6x on a CPU, mostly in their max-pools
         pnet, rnet, onet = (network.to(memory_format=torch.channels_last).eval()
                             for network in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet))
-        chunks = {}  # a GPU takes each stage whole (fer_batch.mtcnn.CHUNK)
+        chunks, smallest = {}, 8  # a GPU takes each stage whole (fer_batch.mtcnn.CHUNK), padded from 8
         if self.device.type == "cpu":  # copies: facenet-pytorch's own networks stay as they ship (tests compare)
             pnet, rnet, onet = (for_cpu(network) for network in (pnet, rnet, onet))
-            chunks = CPU_CHUNKS
+            chunks, smallest = CPU_CHUNKS, 1
         self._pnet = pnet
-        smallest = 1 if self.device.type == "cpu" else 8
         self._rnet = BucketedBatches(rnet, chunks.get("rnet"), smallest).eval()
         self._onet = BucketedBatches(onet, chunks.get("onet"), smallest).eval()
 

@@ -101,7 +101,6 @@ def test_any_rows_round_trip_through_parquet_and_csv(tmp_path_factory, source, c
         assert np.array_equal(table.timestamp_s.to_numpy(), faces.timestamp_s)
 
 
-
 @settings(max_examples=25, deadline=None)
 @given(sources=st.lists(awkward, min_size=1, max_size=4), message=awkward, suffix=st.sampled_from([".csv", ".parquet"]))
 @example(sources=["clip\r.mp4"], message="cannot decode\r\nframe 3", suffix=".csv")
@@ -114,6 +113,7 @@ def test_the_errors_table_round_trips_any_names_and_messages(tmp_path_factory, s
     write_table_atomic(frame, out, ERROR_SCHEMA, RunMetadata("test", "w", "", list(EMOTIONS), "cpu", {}))
     table = read_table(out, ERROR_SCHEMA)
     assert table.to_dict("list") == frame.to_dict("list")
+
 
 @pytest.fixture(scope="module")
 def detector_and_photo(media_dir):
