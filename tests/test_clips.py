@@ -10,7 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fer_batch.preprocess import Preprocessing
-from fer_batch.training.clips import Realism, _low_resolution, _missed_frames, _motion_blur, make_clips
+from fer_batch.training.clips import (
+    Realism, _low_resolution, _missed_frames, _motion_blur, degrade_like_detections, make_clips,
+)
 from fer_batch.training.data import load_split
 from fer_batch.schema import landmark_columns
 from fer_batch.training.jitter import alignment_jitter
@@ -172,3 +174,22 @@ def test_change_lag_and_flicker_count_clip_frames_across_a_missed_frame():
     evidence = np.eye(7)[predicted[0] % 7][None] * 0.9 + 0.1 / 7
     labels = temporal_labels(evidence, evidence, "bidirectional", 0.9, frames, valid)
     assert labels[0, -1] == -1 and (labels[0, :5] >= 0).all()
+
+
+def test_stills_degraded_like_detections_lose_detail_only_where_chosen(publictest):
+    """`fer train --realistic-stills`: about the share asked for is changed, each changed face has
+    less fine detail (a Laplacian's mean magnitude) than before, the rest are untouched."""
+    from fer_batch.preprocess import normalize_crops
+
+    faces = normalize_crops(publictest.images[:256], Preprocessing())
+    out = degrade_like_detections(faces, 0.3, Realism(), Preprocessing(), torch.Generator().manual_seed(3))
+    assert out.shape == faces.shape and out.dtype == faces.dtype and torch.isfinite(out).all()
+    changed = (out != faces).flatten(1).any(1)
+    assert 0.2 < changed.float().mean().item() < 0.4
+    laplacian = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+
+    def detail(images):
+        return torch.nn.functional.conv2d(images, laplacian).abs().mean(dim=(1, 2, 3))
+
+    assert (detail(out) < detail(faces))[changed].all()
+    assert torch.equal(degrade_like_detections(faces, 0.0, Realism(), Preprocessing(), torch.Generator()), faces)

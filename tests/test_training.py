@@ -27,12 +27,13 @@ ARTEFACTS = (
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, fer_dir) -> Path:
-    """Two small CNN epochs and one GRU epoch (on realistic clips), interrupted after the first and resumed."""
+    """Two small CNN epochs (half the crops degraded like detections) and one GRU epoch (on realistic
+    clips), interrupted after the first and resumed."""
     out = tmp_path_factory.mktemp("train")
     common = [
         "train", "--data", str(fer_dir), "--out", str(out), "--small", "--epochs", "2", "--temporal-epochs", "1",
         "--limit-train", "640", "--limit-test", "160", "--clips-per-epoch", "64", "--batch-size", "64",
-        "--device", "cpu", "--quiet", "--realistic-clips",
+        "--device", "cpu", "--quiet", "--realistic-clips", "--realistic-stills", "0.5",
     ]
     first = runner.invoke(app, [*common, "--stop-after", "1"])
     assert first.exit_code == 0, first.output
@@ -43,7 +44,8 @@ def trained_run(tmp_path_factory, fer_dir) -> Path:
 
 
 def test_training_loss_falls_and_stages_run_in_order(trained_run):
-    assert torch.load(trained_run / "best.pt", weights_only=False)["training_config"]["realistic_clips"] is True
+    saved = torch.load(trained_run / "best.pt", weights_only=False)["training_config"]
+    assert saved["realistic_clips"] is True and saved["realistic_stills"] == 0.5
     metrics = pd.read_csv(trained_run / "metrics.csv")
     assert metrics.epoch.tolist() == [1, 2, 3]
     assert metrics.stage.tolist() == ["frame", "frame", "temporal"]

@@ -111,6 +111,35 @@ def _pose_warp(frames: torch.Tensor, tilt_x: torch.Tensor, tilt_y: torch.Tensor)
     return F.grid_sample(frames, grid / depth.unsqueeze(-1), mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def degrade_like_detections(
+    images: torch.Tensor,
+    share: float,
+    realism: Realism,
+    preprocessing: Preprocessing,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """A `share` of normalised (N, 1, H, W) stills made to look like faces the detect path crops
+    from real photos and video: each chosen image gets its own small head-pose warp, low
+    resolution (with realism's probability; a face of 20-40 px enlarged to the crop), motion blur
+    (with its probability) and a JPEG quality. The other images are returned unchanged."""
+    chosen = torch.nonzero(torch.rand(images.shape[0], generator=generator) < share).flatten()
+    if chosen.numel() == 0:
+        return images
+    count = chosen.numel()
+    tilt = (torch.rand(2, count, generator=generator) * 2 - 1) * realism.pose_tilt
+    low_resolution = torch.rand(count, generator=generator) < realism.low_resolution_probability
+    sizes = torch.randint(realism.low_resolution_px[0], realism.low_resolution_px[1] + 1, (count,), generator=generator)
+    blurred = torch.rand(count, generator=generator) < realism.blur_probability
+    lengths = torch.where(blurred, torch.randint(2, realism.blur_max_px + 1, (count,), generator=generator), 1)
+    angles = torch.rand(count, generator=generator) * math.pi
+    qualities = torch.randint(realism.jpeg_quality[0], realism.jpeg_quality[1] + 1, (count,), generator=generator)
+    degraded = _low_resolution(_pose_warp(images[chosen], tilt[0], tilt[1]), torch.where(low_resolution, sizes, 0))
+    degraded = _jpeg(_motion_blur(degraded, lengths, angles), qualities, preprocessing)
+    out = images.clone()
+    out[chosen] = degraded.to(images.dtype)
+    return out
+
+
 def _missed_frames(count: int, length: int, realism: Realism, generator: torch.Generator) -> torch.Tensor:
     """(B, T) bool, True where the detector found the face: runs of 1..max_missed_run frames
     missed, starting at a rate that would miss `missed_frame_share` of frames (about 10 % fewer

@@ -31,7 +31,7 @@ from fer_batch.model import (
 from fer_batch.preprocess import Preprocessing, normalize_crops
 from fer_batch.runtime import resolve_device
 from fer_batch.training.augment import AugmentConfig, augment_batch
-from fer_batch.training.clips import Realism, make_clips
+from fer_batch.training.clips import Realism, degrade_like_detections, make_clips
 from fer_batch.training.data import FaceDataset, load_split
 from fer_batch.training.metrics import classification_report
 
@@ -60,6 +60,7 @@ class TrainConfig:
     clips_per_epoch: int = 3000
     clip_length: int = 12
     realistic_clips: bool = False  # the GRU stage trains on clips with real video's shake, blur and artefacts (clips.Realism)
+    realistic_stills: float = 0.0  # share of CNN-stage crops degraded like real detections (clips.degrade_like_detections)
     seed: int = 0
     device: str = "auto"
     limit_train: int | None = None  # smoke runs: use only this many training images
@@ -199,6 +200,8 @@ class Trainer:
         self.best_score = -math.inf
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        if not 0.0 <= config.realistic_stills <= 1.0:
+            raise ValueError(f"realistic_stills is a share of the crops, from 0 to 1; got {config.realistic_stills}")
         if config.eval_every < 1:
             raise ValueError(f"eval_every must be at least 1, got {config.eval_every}")
         if config.epochs < 0 or (config.epochs == 0 and not config.init_from):
@@ -313,7 +316,12 @@ class Trainer:
             batch = order[step * self.config.batch_size : (step + 1) * self.config.batch_size]
             crops = augment_batch(
                 normalize_crops(self.train_set.images[batch], self.preprocessing), self.config.augment, self.generator
-            ).to(self.device, memory_format=torch.channels_last)
+            )
+            if self.config.realistic_stills > 0:  # some crops look like the detect path's: warped, small, blurred, JPEG
+                crops = degrade_like_detections(
+                    crops, self.config.realistic_stills, Realism(), self.preprocessing, self.generator
+                )
+            crops = crops.to(self.device, memory_format=torch.channels_last)
             targets = torch.from_numpy(self.train_set.labels[batch]).to(self.device)
             with self._autocast():
                 if self.config.mixup_alpha > 0:
