@@ -4,6 +4,9 @@
 # Run from the repository root on the device machine, with .devdata/ carried (see
 # unpack_fer2013.py); what it leaves under $OUT comes back: slim fp16 checkpoints and logs.
 #   bash benchmarks/device/train_students.sh [EPOCHS] [SECONDS]
+# RUNS replaces the four runs below ("name=options;name=options"), EXTRA adds options to every run:
+#   RUNS="kd-wide-s41=--model wide --seed 41;kd-wide-rs-s42=--model wide --seed 42 --realistic-stills 0.3" \
+#   EXTRA="--distill-weight 0.7" bash benchmarks/device/train_students.sh 120 560
 set -u
 EPOCHS=${1:-80}
 BUDGET=${2:-420}
@@ -14,7 +17,7 @@ python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchv
 python3 benchmarks/device/unpack_fer2013.py unpack .devdata /tmp/fer2013 || exit 1
 python3 -c "from fer_batch.training.data import load_split as l; l('/tmp/fer2013','train'); l('/tmp/fer2013','test')" || exit 1
 common=(--data /tmp/fer2013 --device cuda --epochs "$EPOCHS" --temporal-epochs 1 --eval-every 5
-        --teacher fer_batch/weights/fer-cnn-gru.pt --no-tta-flip --quiet)
+        --teacher fer_batch/weights/fer-cnn-gru.pt --no-tta-flip --quiet ${EXTRA:-})
 mkdir -p /tmp/logs
 declare -A runs=(
   [kd-wide-s21]="--model wide --seed 21"
@@ -22,6 +25,11 @@ declare -A runs=(
   [kd-base-s23]="--model base --seed 23"
   [kd-large-s24]="--model large --seed 24"
 )
+if [ -n "${RUNS:-}" ]; then
+  runs=()
+  IFS=';' read -ra entries <<< "$RUNS"
+  for entry in "${entries[@]}"; do runs[${entry%%=*}]="${entry#*=}"; done
+fi
 for name in "${!runs[@]}"; do
   timeout "$BUDGET" python3 -m fer_batch.cli train "${common[@]}" ${runs[$name]} --out "runs/$name" \
     > "/tmp/logs/$name.log" 2>&1 &
