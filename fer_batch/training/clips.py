@@ -111,6 +111,19 @@ def _pose_warp(frames: torch.Tensor, tilt_x: torch.Tensor, tilt_y: torch.Tensor)
     return F.grid_sample(frames, grid / depth.unsqueeze(-1), mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def _low_resolution_sizes(count: int, realism: Realism, generator: torch.Generator) -> torch.Tensor:
+    """Per image, the face size (20-40 px) it is shrunk to with realism's probability, else 0 (kept)."""
+    low_resolution = torch.rand(count, generator=generator) < realism.low_resolution_probability
+    sizes = torch.randint(realism.low_resolution_px[0], realism.low_resolution_px[1] + 1, (count,), generator=generator)
+    return torch.where(low_resolution, sizes, torch.zeros_like(sizes))
+
+
+def _blur_lengths(count: int, realism: Realism, generator: torch.Generator) -> torch.Tensor:
+    """Per image, the motion blur's length in pixels: 2 to blur_max_px with realism's probability, else 1 (none)."""
+    blurred = torch.rand(count, generator=generator) < realism.blur_probability
+    return torch.where(blurred, torch.randint(2, realism.blur_max_px + 1, (count,), generator=generator), 1)
+
+
 def degrade_like_detections(
     images: torch.Tensor,
     share: float,
@@ -127,13 +140,11 @@ def degrade_like_detections(
         return images
     count = chosen.numel()
     tilt = (torch.rand(2, count, generator=generator) * 2 - 1) * realism.pose_tilt
-    low_resolution = torch.rand(count, generator=generator) < realism.low_resolution_probability
-    sizes = torch.randint(realism.low_resolution_px[0], realism.low_resolution_px[1] + 1, (count,), generator=generator)
-    blurred = torch.rand(count, generator=generator) < realism.blur_probability
-    lengths = torch.where(blurred, torch.randint(2, realism.blur_max_px + 1, (count,), generator=generator), 1)
+    sizes = _low_resolution_sizes(count, realism, generator)
+    lengths = _blur_lengths(count, realism, generator)
     angles = torch.rand(count, generator=generator) * math.pi
     qualities = torch.randint(realism.jpeg_quality[0], realism.jpeg_quality[1] + 1, (count,), generator=generator)
-    degraded = _low_resolution(_pose_warp(images[chosen], tilt[0], tilt[1]), torch.where(low_resolution, sizes, 0))
+    degraded = _low_resolution(_pose_warp(images[chosen], tilt[0], tilt[1]), sizes)
     degraded = _jpeg(_motion_blur(degraded, lengths, angles), qualities, preprocessing)
     out = images.clone()
     out[chosen] = degraded.to(images.dtype)
@@ -250,9 +261,7 @@ def make_clips(
     images_a = normalize_crops(dataset.images[first], preprocessing)
     images_b = normalize_crops(dataset.images[second], preprocessing)
     if realism is not None:
-        low_resolution = torch.rand(count, generator=generator) < realism.low_resolution_probability
-        sizes = torch.randint(realism.low_resolution_px[0], realism.low_resolution_px[1] + 1, (count,), generator=generator)
-        sizes = torch.where(low_resolution, sizes, torch.zeros_like(sizes))
+        sizes = _low_resolution_sizes(count, realism, generator)
         qualities = torch.randint(realism.jpeg_quality[0], realism.jpeg_quality[1] + 1, (count,), generator=generator)
         tilt_start, tilt_end = ((torch.rand(2, count, generator=generator) * 2 - 1) * realism.pose_tilt for _ in range(2))
     for t in range(length):
@@ -280,8 +289,7 @@ def make_clips(
         if realism is not None:
             tilt = tilt_start + (tilt_end - tilt_start) * weight
             frame = _low_resolution(_pose_warp(frame, tilt[0], tilt[1]), sizes)
-            blurred = torch.rand(count, generator=generator) < realism.blur_probability
-            lengths = torch.where(blurred, torch.randint(2, realism.blur_max_px + 1, (count,), generator=generator), 1)
+            lengths = _blur_lengths(count, realism, generator)
             frame = _motion_blur(frame, lengths, torch.rand(count, generator=generator) * math.pi)
             frame = _jpeg(frame, qualities, preprocessing)
         frames.append(frame)
