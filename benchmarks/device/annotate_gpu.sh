@@ -6,7 +6,8 @@
 #   mkdir -p .devsite .devmedia && cp -r .venv/lib/python3.11/site-packages/facenet_pytorch .devsite/
 #   cp ../shared/media/walking-crowd-1080p.mp4 .devmedia/
 #   bash benchmarks/device/annotate_gpu.sh            # on the device, carry: .devsite .devmedia
-# What it leaves under $OUT comes back: the benchmark's printout and the smoke run's tables.
+# What it leaves under $OUT comes back: the smoke run's tables, the benchmark's printout and
+# benchmarks/profile_annotate.py's tables for the 640x360 copy (where the GPU path's time goes).
 set -u
 OUT=${OUT:-/tmp/out}
 VIDEO=${1:-.devmedia/walking-crowd-1080p.mp4}
@@ -28,3 +29,9 @@ echo "== benchmark"
 timeout "${BENCH_SECONDS:-420}" python3 benchmarks/annotate_throughput.py --video "$VIDEO" --device cuda \
   --detect-batches "$BATCHES" 2>&1 | tee "$OUT/annotate-gpu.txt"
 echo "benchmark rc ${PIPESTATUS[0]}"
+echo "== profile: the 640x360 copy at the defaults, then every pyramid level with 32-frame detector batches"
+for changes in "" "--set small_faces_every=1 --set detect_batch=32"; do
+  timeout "${PROFILE_SECONDS:-150}" python3 benchmarks/profile_annotate.py --video "$VIDEO" --size 640x360 --device cuda \
+    --rows 30 $changes 2>&1 | grep -v "^USDT" >> "$OUT/profile-gpu.txt"
+done
+head -c 6000 "$OUT/profile-gpu.txt"
