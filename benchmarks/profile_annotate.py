@@ -13,6 +13,7 @@ are annotated once untimed before the profiled run, as in annotate_throughput.py
 from __future__ import annotations
 
 import argparse
+import ast
 import cProfile
 import pstats
 import tempfile
@@ -30,15 +31,17 @@ from fer_batch.pipeline import Annotator
 
 
 def option_changes(pairs: list[str]) -> dict[str, object]:
-    """`name=value` pairs as RunOptions fields, each value parsed as the field's default's type."""
+    """`name=value` pairs as RunOptions fields; a value is a Python literal (32, 0.5, True) or else a string."""
     defaults = RunOptions()
     changes: dict[str, object] = {}
     for pair in pairs:
         name, _, value = pair.partition("=")
         if not hasattr(defaults, name):
             raise SystemExit(f"--set {pair}: RunOptions has no field {name!r}")
-        kind = type(getattr(defaults, name))
-        changes[name] = value if kind is str else kind(float(value)) if kind is int else kind(value)
+        try:
+            changes[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            changes[name] = value
     return changes
 
 
