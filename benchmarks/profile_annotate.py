@@ -86,10 +86,11 @@ def main() -> None:
     args = parser.parse_args()
     if not args.video.is_file():
         raise SystemExit(f"video not found: {args.video}")
-    options = RunOptions(max_frames=args.max_frames, **option_changes(args.set))
+    changes = option_changes(args.set)
+    options = RunOptions(max_frames=args.max_frames, **changes)
     annotator = Annotator(device=args.device)
     print(f"device {annotator.device}, torch threads {torch.get_num_threads()}, torch {torch.__version__}; "
-          f"options changed: {option_changes(args.set) or 'none'}")
+          f"options changed: {changes or 'none'}")
     if not args.size:
         profile_run(annotator, args.video, options, args.rows)
         return
