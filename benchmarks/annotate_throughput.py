@@ -234,7 +234,7 @@ def benchmark_clip(
     configurations = list(CONFIGURATIONS)
     for size in detect_batches:  # on a GPU the full path beat the defaults, and larger batches both (README)
         configurations.append((f"defaults --detect-batch {size}", {"detect_batch": size}))
-        configurations.append((f"--small-faces-every 1 --detect-batch {size}", {"small_faces_every": 1, "detect_batch": size}))
+        configurations.append((f"--small-faces-every 1 --detect-batch {size}", {**FULL_DETECTION, "detect_batch": size}))
     for name, changes in configurations:
         options = RunOptions(max_frames=max_frames, **changes)
         results[name] = runs[options] = runs.get(options) or annotate(annotator, video, options)
