@@ -19,7 +19,7 @@ import torch
 from fer_batch import defaults
 from fer_batch.faces import Faces
 from fer_batch.media import Frame
-from fer_batch.mtcnn import crop_box, detect_batch, for_cpu, normalise_pixels, place_landmarks, run_in_chunks
+from fer_batch.mtcnn import AreaSampler, crop_box, detect_batch, for_cpu, normalise_pixels, place_landmarks, run_in_chunks
 from fer_batch.runtime import bucket_size
 
 
@@ -40,16 +40,19 @@ class BucketedBatches(torch.nn.Module):
 
     On a CPU, batches are padded from 1 (`smallest`), not 8: refinement (`FaceDetector.refine`)
     calls O-Net on one to a few faces at a time, and one face padded to eight cost 8x (one
-    thread: 4.9 ms a call against 0.61 ms alone); and a count that padding would inflate by more
-    than a quarter runs as two calls where that runs fewer rows (9 as 8 + 1, not 16). The answers
-    are the same; the powers of two under 8 add three shapes per network to oneDNN's cache.
+    thread: 4.9 ms a call against 0.61 ms alone); and with `split_padding` a count that padding
+    would inflate by more than a quarter runs as two calls where that runs fewer rows (9 as 8 + 1,
+    not 16). A GPU takes fewer, larger calls: chunks of `GPU_CHUNK`, each padded whole. The
+    answers are the same; the powers of two under 8 add three shapes per network to oneDNN's cache.
     """
 
-    def __init__(self, network: torch.nn.Module, chunk: int | None = None, smallest: int = 8) -> None:
+    def __init__(self, network: torch.nn.Module, chunk: int | None = None, smallest: int = 8,
+                 split_padding: bool = False) -> None:
         super().__init__()
         self.network = network
-        self.chunk = chunk
+        self.chunk = chunk  # None: any count in one call
         self.smallest = smallest
+        self.split_padding = split_padding
 
     def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         count = inputs.shape[0]
@@ -57,7 +60,7 @@ class BucketedBatches(torch.nn.Module):
             return run_in_chunks(self, inputs, self.chunk)
         size = bucket_size(count, self.smallest)
         half = size // 2
-        if (self.chunk is not None and size > self.smallest and size - count > size // 4
+        if (self.split_padding and size > self.smallest and size - count > size // 4
                 and half + bucket_size(count - half, self.smallest) < size):  # e.g. 9 as 8 + 1, not 16
             return run_in_chunks(self, inputs, half)  # two calls: count < 2 x half
         if size != count:
@@ -73,6 +76,7 @@ class BucketedBatches(torch.nn.Module):
 # threads detecting 1080p crowd frames side by side: 147-160 ms a frame each with these chunks,
 # 170-240 with chunks of 512.
 CPU_CHUNKS = {"rnet": 32, "onet": 16}
+GPU_CHUNK = 512  # R-Net and O-Net inputs per call on a GPU: a 1080p window's candidates in a few calls, memory bounded
 
 
 def load_mtcnn_networks(device: torch.device) -> "object":
@@ -105,13 +109,18 @@ class FaceDetector:
         # channels-last: P-Net 1.8x, R-Net 1.8x and O-Net 2.6x on a CPU, mostly in their max-pools
         pnet, rnet, onet = (network.to(memory_format=torch.channels_last).eval()
                             for network in (self._mtcnn.pnet, self._mtcnn.rnet, self._mtcnn.onet))
-        chunks, smallest = {}, 8  # a GPU takes each stage whole (fer_batch.mtcnn.CHUNK), padded from 8
+        chunks, smallest, split_padding = {"rnet": GPU_CHUNK, "onet": GPU_CHUNK}, 8, False
         if self.device.type == "cpu":  # copies: facenet-pytorch's own networks stay as they ship (tests compare)
             pnet, rnet, onet = (for_cpu(network) for network in (pnet, rnet, onet))
-            chunks, smallest = CPU_CHUNKS, 1
+            chunks, smallest, split_padding = CPU_CHUNKS, 1, True
+        # R-Net and O-Net batch their own inputs (fer_batch.mtcnn.detect_batch hands them whole stages)
         self._pnet = pnet
-        self._rnet = BucketedBatches(rnet, chunks.get("rnet"), smallest).eval()
-        self._onet = BucketedBatches(onet, chunks.get("onet"), smallest).eval()
+        self._rnet = BucketedBatches(rnet, chunks["rnet"], smallest, split_padding).eval()
+        self._onet = BucketedBatches(onet, chunks["onet"], smallest, split_padding).eval()
+        # Refinement crops its few boxes one by one on a CPU (a summed-area table of the whole
+        # frame costs more there) and all at once through a table on a GPU, where each box's
+        # own crop was a host round trip and a few kernel launches (the same crops either way).
+        self.batched_crops = self.device.type != "cpu"
 
     def detect(
         self,
@@ -192,13 +201,14 @@ class FaceDetector:
                                   np.empty((0, 4)), np.empty((0, 5, 2)), np.empty(0), detected=False)
         pixels = torch.from_numpy(frame.rgb).to(self.device)
         boxes = np.asarray(boxes, np.float64)
-        refined, landmarks, scores = self._onet_at(pixels, boxes)
+        sampler = AreaSampler(pixels[None]) if self.batched_crops else None  # one table for both O-Net calls
+        refined, landmarks, scores = self._onet_at(pixels, boxes, sampler)
         # One more O-Net call: each answer refined again (as detection's O-Net sees R-Net's
         # corrected box, not the first guess), and each weak box's eight shifts.
         weak = np.flatnonzero(scores < search_below)
         sizes = np.stack([boxes[weak, 2] - boxes[weak, 0], boxes[weak, 3] - boxes[weak, 1]], axis=1) / 10
         shifted = (boxes[weak, None, :] + np.tile(_SEARCH_SHIFTS[None] * sizes[:, None], (1, 1, 2))).reshape(-1, 4)
-        more_boxes, more_landmarks, more_scores = self._onet_at(pixels, np.concatenate([refined, shifted]))
+        more_boxes, more_landmarks, more_scores = self._onet_at(pixels, np.concatenate([refined, shifted]), sampler)
         count = len(boxes)
         # Per face, its candidates' rows in `more_*`: its own second pass, then its shifts if weak.
         candidates = np.full((count, 1 + len(_SEARCH_SHIFTS)), -1)
@@ -211,19 +221,15 @@ class FaceDetector:
         return Faces.of_frame(source, media_type, frame.index, frame.timestamp_s, (width, height),
                               refined, landmarks, scores, detected=False)
 
-    def _onet_at(self, pixels: torch.Tensor, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _onet_at(self, pixels: torch.Tensor, boxes: np.ndarray, sampler: AreaSampler | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """O-Net's corrected boxes (N, 4), landmarks (N, 5, 2) and scores (N,) at (N, 4) boxes of
-        uint8 (H, W, 3) `pixels` (a box with no pixel in the frame scores 0)."""
+        uint8 (H, W, 3) `pixels` (a box with no pixel in the frame scores 0), cropped through
+        `sampler` (a table of `pixels`) where there is one."""
         from facenet_pytorch.models.utils.detect_face import bbreg, rerec
 
-        count = len(boxes)
         squares = rerec(torch.tensor(boxes, dtype=torch.float64))
-        crops = torch.zeros((count, 3, 48, 48), device=self.device)
-        valid = np.zeros(count, bool)
-        for row, square in enumerate(squares):
-            crop = crop_box(pixels, square, 48)
-            if crop is not None:
-                crops[row], valid[row] = crop, True
+        crops, valid = self._crops_at(pixels, squares, sampler)
         with torch.no_grad():
             regression, points, probabilities = self._onet(normalise_pixels(crops))
         regression, points = regression.cpu().double(), points.cpu().double()
@@ -231,3 +237,21 @@ class FaceDetector:
         landmarks = place_landmarks(squares, points)
         refined = bbreg(squares.clone(), regression)
         return refined[:, :4].numpy(), landmarks.numpy(), scores
+
+    @staticmethod
+    def _crops_at(pixels: torch.Tensor, squares: torch.Tensor, sampler: AreaSampler | None
+                  ) -> tuple[torch.Tensor, np.ndarray]:
+        """(N, 3, 48, 48) O-Net crops of uint8 (H, W, 3) `pixels` at (N, 4) squares, all in one
+        lookup through `sampler` or else one by one, and which squares had a pixel inside the
+        frame (the others' crops are mid-grey)."""
+        if sampler is not None:
+            crops, outside = sampler.crops(squares.to(pixels.device), torch.zeros(len(squares), dtype=torch.long,
+                                                                                 device=pixels.device), 48)
+            return crops, ~outside.cpu().numpy()
+        crops = torch.full((len(squares), 3, 48, 48), 127.5, device=pixels.device)
+        valid = np.zeros(len(squares), bool)
+        for row, square in enumerate(squares):
+            crop = crop_box(pixels, square, 48)
+            if crop is not None:
+                crops[row], valid[row] = crop, True
+        return crops, valid

@@ -17,9 +17,9 @@ Also: the table's corners are gathered as rows of the flattened table (2x faster
 indexing the 4-d table), on a CPU by numpy's `take` (1.2x `index_select` on the pyramid), and
 each thread reuses one table buffer; P-Net runs on channels-last inputs, one frame at a time on
 a CPU (1.8x and 1.7x faster at 1080p: oneDNN's faster layout, and one frame's maps fit the
-caches); R-Net and O-Net run channels-last too, in chunks of 512 here and of 16-32 on a CPU
-(`fer_batch.detection.BucketedBatches`: bigger batches' activations are page-faulted in anew on
-every call); on a CPU large max-pools are maxima of strided views (`StridedMaxPool`) and
+caches); R-Net and O-Net run channels-last too, and batch their own inputs: here each stage's
+candidates are handed over whole (`fer_batch.detection.BucketedBatches` splits them, into 16-32 on
+a CPU, where bigger batches' activations are page-faulted in anew on every call, and 512 on a GPU); on a CPU large max-pools are maxima of strided views (`StridedMaxPool`) and
 P-Net's first PReLU runs over whole rows (`RowwisePReLU`); and a batch with no candidates
 returns empty results where facenet-pytorch fails.
 """
@@ -36,7 +36,6 @@ from torch.nn.functional import interpolate
 from torchvision.ops import batched_nms
 
 PNET_CELL = 12  # P-Net's window, in pyramid pixels: the smallest face a pyramid level can find
-CHUNK = 512  # R-Net and O-Net inputs per call at most (a CPU detector's networks split them further)
 
 
 def pyramid_scales(height: int, width: int, min_face_size: float, factor: float) -> list[float]:
@@ -276,7 +275,7 @@ def place_landmarks(boxes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     )
 
 
-def run_in_chunks(network: torch.nn.Module, inputs: torch.Tensor, chunk: int = CHUNK) -> tuple[torch.Tensor, ...]:
+def run_in_chunks(network: torch.nn.Module, inputs: torch.Tensor, chunk: int) -> tuple[torch.Tensor, ...]:
     """`network` on `inputs` in slices of at most `chunk`, each of its outputs joined again."""
     outputs = [network(inputs[start : start + chunk]) for start in range(0, len(inputs), chunk)]
     return tuple(torch.cat(parts) for parts in zip(*outputs))
@@ -323,7 +322,8 @@ def detect_batch(
     device: torch.device,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per frame of uint8 (B, H, W, 3) RGB `frames`: boxes (N, 5: x1, y1, x2, y2, score) and
-    landmarks (N, 5, 2), as facenet-pytorch's `detect_face` returns them."""
+    landmarks (N, 5, 2), as facenet-pytorch's `detect_face` returns them. `rnet` and `onet` get
+    each stage's candidates whole and batch them as they run best (`fer_batch.detection.BucketedBatches`)."""
     from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, rerec
 
     batch, height, width = frames.shape[:3]
@@ -339,7 +339,7 @@ def detect_batch(
     # Stage two: R-Net on 24x24 crops of the squared candidates.
     boxes = rerec(boxes)
     crops, outside = sampler.crops(boxes, image_index, 24)
-    regression, probabilities = run_in_chunks(rnet, normalise_pixels(crops))
+    regression, probabilities = rnet(normalise_pixels(crops))
     scores = probabilities[:, 1].masked_fill(outside, 0.0)
     keep = scores > thresholds[1]
     boxes = torch.cat([boxes[keep, :4], scores[keep, None]], dim=1)
@@ -352,7 +352,7 @@ def detect_batch(
 
     # Stage three: O-Net on 48x48 crops: final score, box correction and landmarks.
     crops, outside = sampler.crops(boxes, image_index, 48)
-    regression, points, probabilities = run_in_chunks(onet, normalise_pixels(crops))
+    regression, points, probabilities = onet(normalise_pixels(crops))
     scores = probabilities[:, 1].masked_fill(outside, 0.0)
     keep = scores > thresholds[2]
     boxes = torch.cat([boxes[keep, :4], scores[keep, None]], dim=1)

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fer_batch.detection import CPU_CHUNKS, BucketedBatches, FaceDetector
+from fer_batch.detection import CPU_CHUNKS, GPU_CHUNK, BucketedBatches, FaceDetector
 from fer_batch.runtime import bucket_size
 
 
@@ -50,12 +50,13 @@ def test_padded_networks_answer_like_the_bare_ones_at_few_shapes(detector: FaceD
         assert padded.smallest == 1  # on a CPU a refinement call of one face runs at one, not eight
 
 
-def test_a_cpu_detector_splits_a_stage_into_chunks_and_an_unchunked_network_takes_it_whole(detector: FaceDetector):
-    """Small chunks are a CPU's remedy; on a GPU (chunk None) a stage stays one padded batch. On a
-    CPU the last chunk runs at its own power of two (4 here), not 8, and 9 inputs as 8 + 1."""
+def test_a_cpu_detector_splits_a_stage_into_chunks_and_a_gpus_takes_it_in_padded_batches(detector: FaceDetector):
+    """Small chunks are a CPU's remedy; on a GPU a stage of up to `GPU_CHUNK` candidates is one
+    padded batch. On a CPU the last chunk runs at its own power of two (4 here), not 8, and 9
+    inputs as 8 + 1."""
     assert (detector._rnet.chunk, detector._onet.chunk) == (CPU_CHUNKS["rnet"], CPU_CHUNKS["onet"]) == (32, 16)
     network = detector._onet.network
-    whole = BucketedBatches(network, chunk=None)
+    whole = BucketedBatches(network, GPU_CHUNK)  # as a GPU detector wraps its O-Net
     shapes: list[int] = []
     hook = network.register_forward_pre_hook(lambda module, inputs: shapes.append(inputs[0].shape[0]))
     try:
@@ -81,18 +82,21 @@ class _RowSums(torch.nn.Module):
         return inputs.sum(dim=(1, 2, 3)), inputs.amax(dim=(1, 2, 3))
 
 
-@given(count=st.integers(min_value=0, max_value=300), chunk=st.sampled_from([None, 16, 32]),
-       smallest=st.sampled_from([1, 8]))
-def test_any_count_any_chunk_runs_in_power_of_two_calls_with_row_answers(count, chunk, smallest):
+@given(count=st.integers(min_value=0, max_value=1200), chunk=st.sampled_from([None, 16, 32, 512]),
+       smallest=st.sampled_from([1, 8]), split_padding=st.booleans())
+def test_any_count_any_chunk_runs_in_power_of_two_calls_with_row_answers(count, chunk, smallest, split_padding):
     network = _RowSums()
     inputs = torch.arange(count * 12, dtype=torch.float32).reshape(count, 3, 2, 2)
-    sums, maxima = BucketedBatches(network, chunk, smallest)(inputs)
+    sums, maxima = BucketedBatches(network, chunk, smallest, split_padding)(inputs)
     assert torch.equal(sums, inputs.sum(dim=(1, 2, 3))) and torch.equal(maxima, inputs.amax(dim=(1, 2, 3)))
     assert network.calls and all(size & (size - 1) == 0 and size >= smallest for size in network.calls)
-    if chunk is None or count <= smallest:  # one padded call (a GPU; or no more than the smallest batch)
+    assert chunk is None or max(network.calls) <= max(chunk, smallest)
+    if count <= smallest or (chunk is None and not split_padding):  # one padded call
         assert network.calls == [bucket_size(count, smallest)]
+    elif not split_padding:  # full chunks, then the rest padded whole (a GPU)
+        whole, rest = divmod(count, chunk)
+        assert network.calls == [chunk] * whole + ([bucket_size(rest, smallest)] if rest else [])
     else:  # at most a quarter of a call padded, or the rest of a smallest batch
-        assert max(network.calls) <= chunk
         assert sum(network.calls) - count <= max(max(network.calls) // 4, smallest - 1)
 
 

@@ -462,3 +462,37 @@ def test_refinement_searches_around_a_small_face_that_onet_scores_low(media_dir,
     assert min(follow(search_below=0.0)[0]) < 0.5  # no search: the face is lost
     scores, overlaps = follow(search_below=0.9)
     assert min(scores) >= 0.8 and min(overlaps) >= 0.5
+
+
+def test_refinement_crops_all_boxes_at_once_as_it_crops_them_one_by_one(media_dir, annotator, monkeypatch):
+    """On a GPU refinement crops a frame's boxes in one lookup through a summed-area table, on a
+    CPU one by one: run both here on a crowd frame's faces, shifted and resized copies of them, a
+    box across the frame's edge and one wholly outside it; the refined faces are the same."""
+    import cv2
+
+    from fer_batch.media import Frame
+
+    capture = cv2.VideoCapture(str(media_dir / "walking-crowd-1080p.mp4"))
+    ok, bgr = capture.read()
+    capture.release()
+    assert ok
+    frame = Frame(None, 0, 0.0, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    detector = annotator.detector
+    detected = detector.detect([frame]).boxes.astype(np.float64)
+    assert len(detected) >= 5
+    sizes = detected[:, 2:] - detected[:, :2]
+    boxes = np.concatenate([
+        detected,
+        detected + np.tile(sizes * 0.15, 2),  # off the face: the weak boxes' eight-shift search runs
+        detected[:, [0, 1, 0, 1]] + np.tile(sizes, 2) * [0.1, 0.1, 0.7, 0.7],  # part of each face
+        [[-30.0, 500, 40, 570], [1900, 1000, 1990, 1090], [-200.0, -200, -100, -100]],
+    ])
+    one_by_one = detector.refine(frame, boxes)
+    monkeypatch.setattr(detector, "batched_crops", True)
+    all_at_once = detector.refine(frame, boxes)
+    assert len(all_at_once) == len(one_by_one) == len(boxes)
+    assert np.allclose(all_at_once.det_score, one_by_one.det_score, atol=1e-3)
+    assert np.allclose(all_at_once.boxes, one_by_one.boxes, atol=0.05)
+    assert np.allclose(all_at_once.landmarks, one_by_one.landmarks, atol=0.05)
+    assert one_by_one.det_score[-1] == 0.0 and (one_by_one.det_score[:len(detected)] >= 0.9).all()
+    assert (detector.refine(frame, boxes, search_below=0.0).det_score < all_at_once.det_score).any()  # a search ran
