@@ -27,10 +27,12 @@ own with torch's default (threads spin a while at each barrier before they sleep
 Figures move 2-3x between machines, so only ratios from one run count.
 
     .venv/bin/python benchmarks/annotate_throughput.py [--video PATH] [--max-frames N] [--device cpu]
-    .venv/bin/python benchmarks/annotate_throughput.py --device cuda --detect-batches 1,8,32
+    .venv/bin/python benchmarks/annotate_throughput.py --device cuda --detect-batches 8,64
 
-With --detect-batches, the defaults and `--small-faces-every 1` also run with each of those
-detector batch sizes (frames per MTCNN call; on a GPU larger batches fill the device).
+Two options default by device (`fer_batch.defaults`: `--detect-batch`, `--small-faces-every`);
+a row runs the other kind of device's defaults on this one, so that one run compares them. With
+--detect-batches, the defaults also run with each of those detector batch sizes (frames per
+MTCNN call; on a GPU larger batches fill the device).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ import cv2
 import numpy as np
 import torch
 
+from fer_batch import defaults
 from fer_batch.faces import Faces
 from fer_batch.options import RunOptions
 from fer_batch.pipeline import Annotator
@@ -224,26 +227,30 @@ def benchmark_clip(
     reference_fps = truth.frames / truth.seconds
     print(f"\n{label}: {truth.frames} frames; reference MTCNN.detect on every frame (facenet-pytorch's default "
           f"thresholds 0.6/0.7/0.7; fer-batch's --threshold is {RunOptions().threshold}): {reference_fps:.2f} frames/s")
-    print(f"{'configuration':44s} {'frames/s':>8s} {'x ref':>6s} {'recall>=40px':>13s} {'recall 20-40':>13s} "
+    print(f"{'configuration':48s} {'frames/s':>8s} {'x ref':>6s} {'recall>=40px':>13s} {'recall 20-40':>13s} "
           f"{'same emotion':>12s} {'tracks':>10s}")
     # Warm-up, as the reference had one: the first run at a frame size builds oneDNN's kernels for its
     # pyramid levels and batch sizes, which the first row timed alone would pay for the others.
     annotate(annotator, video, RunOptions(max_frames=WARM_UP_FRAMES))
-    runs: dict[RunOptions, Result] = {}  # identical option sets (e.g. the defaults and the full path) run once
+    runs: dict[RunOptions, Result] = {}  # identical option sets (e.g. a GPU's defaults and the full path) run once
+
+    def options_of(**changes) -> RunOptions:  # as the annotator runs them on its device, to find identical sets
+        return RunOptions(max_frames=max_frames, **changes).for_device(annotator.device)
+
     results = {}
     configurations = list(CONFIGURATIONS)
-    for size in detect_batches:  # on a GPU the full path beat the defaults, and larger batches both (README)
+    configurations.insert(1, other_devices_defaults(annotator.device))
+    for size in detect_batches:  # on a GPU larger batches feed the device (README "On a GPU")
         configurations.append((f"defaults --detect-batch {size}", {"detect_batch": size}))
-        configurations.append((f"--small-faces-every 1 --detect-batch {size}", {**FULL_DETECTION, "detect_batch": size}))
     for name, changes in configurations:
-        options = RunOptions(max_frames=max_frames, **changes)
+        options = options_of(**changes)
         results[name] = runs[options] = runs.get(options) or annotate(annotator, video, options)
     if annotator.detect_workers > 1:  # what detecting windows side by side is worth, in this run
         results[ONE_WINDOW] = one_window_at_a_time(annotator, video, RunOptions(max_frames=max_frames))
 
     def full_path(name: str) -> Result:  # the full detector on every frame at the same threshold
         threshold = dict(configurations).get(name, {}).get("threshold", RunOptions().threshold)
-        options = RunOptions(max_frames=max_frames, threshold=threshold, **FULL_DETECTION)
+        options = options_of(threshold=threshold, **FULL_DETECTION)
         if options not in runs:
             runs[options] = annotate(annotator, video, options)
         return runs[options]
@@ -252,7 +259,7 @@ def benchmark_clip(
         fps = result.frames / result.seconds
         large, large_count = recall(result, truth, 40, float("inf"))
         small, small_count = recall(result, truth, 20, 40)
-        print(f"{name:44s} {fps:8.2f} {fps / reference_fps:6.2f} {large:8.1%} ({large_count:3d}) "
+        print(f"{name:48s} {fps:8.2f} {fps / reference_fps:6.2f} {large:8.1%} ({large_count:3d}) "
               f"{small:8.1%} ({small_count:3d}) {agreement(result, full):12.1%} {result.tracks:4d} / {full.tracks:<3d}")
 
     for name, result in results.items():
@@ -263,6 +270,14 @@ def benchmark_clip(
 
 
 ONE_WINDOW = "defaults, one window at a time"
+
+
+def other_devices_defaults(device: torch.device) -> tuple[str, dict]:
+    """The row of the device-dependent defaults of the other kind of device than `device`."""
+    kind = "gpu" if defaults.device_kind(device) == "cpu" else "cpu"
+    batch, every = defaults.DETECT_BATCH[kind], defaults.SMALL_FACES_EVERY[kind]
+    return (f"a {kind.upper()}'s: --detect-batch {batch} --small-faces-every {every}",
+            {"detect_batch": batch, "small_faces_every": every})
 
 
 def one_window_at_a_time(annotator: Annotator, video: Path, options: RunOptions) -> Result:
@@ -326,7 +341,9 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch threads {torch.get_num_threads()}, device {annotator.device}; OpenMP waiting: annotate "
           f"{os.environ.get('OMP_WAIT_POLICY', 'default')} (as `fer`), the reference torch's default (its own process)")
-    print(f"weights: {annotator.checkpoint.name}; model+detector load {load_seconds:.1f} s")
+    print(f"weights: {annotator.checkpoint.name}; model+detector load {load_seconds:.1f} s; defaults here: "
+          f"--detect-batch {defaults.DETECT_BATCH[defaults.device_kind(annotator.device)]} "
+          f"--small-faces-every {defaults.SMALL_FACES_EVERY[defaults.device_kind(annotator.device)]}")
     print(classifier_speed(annotator, batch=args.classifier_batch))
     benchmark_clip(annotator, args.video, f"{args.video.name} (1920x1080)", args.max_frames, detect_batches)
     with tempfile.TemporaryDirectory() as folder:

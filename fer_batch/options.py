@@ -56,8 +56,9 @@ class RunOptions:
     min_face_size: int = defaults.MIN_FACE_SIZE  # original-frame pixels
     detect_scale: float = defaults.DETECT_SCALE  # frames are resized by this before detection
     detect_every: int = defaults.DETECT_EVERY  # detector on every k-th annotated frame, tracker in between
-    detect_batch: int = defaults.DETECT_BATCH  # video frames per detector call
-    small_faces_every: int = defaults.SMALL_FACES_EVERY  # search for faces under small_face_size on every k-th annotated frame
+    # These two default by device (None: defaults.DETECT_BATCH / SMALL_FACES_EVERY, set by `for_device`)
+    detect_batch: int | None = None  # video frames per detector call
+    small_faces_every: int | None = None  # search for faces under small_face_size on every k-th annotated frame
     batch_size: int = defaults.BATCH_SIZE  # face crops per classifier batch
     track_iou: float = defaults.TRACK_IOU  # least overlap of a track's predicted box and a detection
     max_missed: int = defaults.MAX_MISSED  # detection rounds a track survives unmatched
@@ -76,8 +77,8 @@ class RunOptions:
             (self.min_face_size >= 1, "min_face_size must be at least 1 pixel"),
             (0.0 < self.detect_scale <= 4.0, "detect_scale must be in (0, 4]"),
             (self.detect_every >= 1, "detect_every must be at least 1"),
-            (self.detect_batch >= 1, "detect_batch must be at least 1"),
-            (self.small_faces_every >= 1, "small_faces_every must be at least 1"),
+            (self.detect_batch is None or self.detect_batch >= 1, "detect_batch must be at least 1"),
+            (self.small_faces_every is None or self.small_faces_every >= 1, "small_faces_every must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
             (0.0 <= self.track_iou <= 1.0, "track_iou must be between 0 and 1"),
             (self.max_missed >= 0, "max_missed must be at least 0"),
@@ -95,8 +96,19 @@ class RunOptions:
     @property
     def small_face_period(self) -> int:
         """Detector frames from one small-face search to the next: `small_faces_every` annotated
-        frames rounded up to a whole number of detector frames."""
+        frames rounded up to a whole number of detector frames (options `for_device`)."""
+        if self.small_faces_every is None:
+            raise ValueError("small_faces_every depends on the device: use RunOptions.for_device(device) first")
         return math.ceil(self.small_faces_every / self.detect_every)
+
+    def for_device(self, device: "str | object") -> "RunOptions":
+        """These options with the device-dependent ones left unset (None) given their defaults for
+        `device` (a torch device or its name): the options a run on it uses and records."""
+        kind = defaults.device_kind(device)
+        return self.replace(
+            detect_batch=defaults.DETECT_BATCH[kind] if self.detect_batch is None else self.detect_batch,
+            small_faces_every=defaults.SMALL_FACES_EVERY[kind] if self.small_faces_every is None else self.small_faces_every,
+        )
 
     def replace(self, **changes: Any) -> "RunOptions":
         return dataclasses.replace(self, **changes)

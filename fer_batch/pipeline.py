@@ -189,6 +189,7 @@ def detect_faces(
     windows still being detected, at least one (fer_batch.runtime.downstream_threads): on two
     cores, a second thread there only takes a core from a detector. The count is restored when
     the events end."""
+    options = options.for_device(detector.device)
     window: list[FrameBatch] = []
     window_detections = 0  # frames in the window the detector will see
     sampled = 0
@@ -589,7 +590,7 @@ class Annotator:
     def run(
         self, paths: list[Path | str], options: RunOptions | None = None, progress: ProgressListener | None = None
     ) -> "AnnotationRun":
-        options = options or RunOptions()
+        options = (options or RunOptions()).for_device(self.device)  # as run and recorded on this device
         sources, unsupported = discover_sources([Path(path) for path in paths], options.glob, options.exclude)
         return AnnotationRun(self, options, [str(path) for path in paths], sources, unsupported, progress)
 

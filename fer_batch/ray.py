@@ -110,7 +110,8 @@ def _keyframe_step(options: RunOptions) -> int:
 
 
 def plan_segments(frame_count: int, video_fps: float, options: RunOptions, segment_s: float) -> list[tuple[int, int, int | None]]:
-    """(start_frame, owned_start, stop_frame) per segment of a video of `frame_count` frames.
+    """(start_frame, owned_start, stop_frame) per segment of a video of `frame_count` frames, for
+    `options` as the workers run them (`RunOptions.for_device`).
 
     One segment (the whole video, as the local engine reads it) when the count is unknown, or
     when `--fps` with `--detect-every` > 1, with small-face searches not on every frame, or with
@@ -395,6 +396,7 @@ def _plan(paths: list[str | Path], options: dict[str, Any], segment_s: float) ->
     # auto is judged as the driver sees it. Resolved, not built: the driver runs no encoder.
     device = torch.device("cuda") if model_options.device.startswith("cuda") else resolve_device(model_options.device)
     precision = resolve_precision(model_options.precision, device, checkpoint.has_int8_encoders)
+    run_options = run_options.for_device(device)  # the workers run with these, cut where they batch
     document = options_document(model_options, run_options)
     document.update({"engine": "ray", "segment_s": segment_s})
     metadata = RunMetadata(

@@ -59,8 +59,28 @@ def test_options_split_into_what_is_loaded_and_what_is_per_run():
     ({"small_faces_every": 1}, 30, 1),
 ])
 def test_the_small_face_size_and_period_follow_from_the_options(changes, size, period):
-    options = RunOptions(**changes)
+    options = RunOptions(**changes).for_device("cpu")
     assert (options.small_face_size, options.small_face_period) == (size, period)
+
+
+def test_detector_batching_and_the_small_face_schedule_default_by_device(media_dir, annotator):
+    """Unset, they take the device's defaults (a GPU waits on the host: big batches, no schedule);
+    set, they stay; a run records what it used. The period needs the device's answer first."""
+    from fer_batch import defaults
+
+    unset = RunOptions()
+    assert (unset.detect_batch, unset.small_faces_every) == (None, None)
+    with pytest.raises(ValueError, match="for_device"):
+        unset.small_face_period  # noqa: B018 - the property raises
+    on_cpu, on_gpu = unset.for_device("cpu"), unset.for_device("cuda:1")
+    assert (on_cpu.detect_batch, on_cpu.small_faces_every) == (defaults.DETECT_BATCH["cpu"], defaults.SMALL_FACES_EVERY["cpu"]) == (4, 5)
+    assert (on_gpu.detect_batch, on_gpu.small_faces_every) == (defaults.DETECT_BATCH["gpu"], defaults.SMALL_FACES_EVERY["gpu"]) == (32, 1)
+    given = RunOptions(detect_batch=2, small_faces_every=3)
+    assert given.for_device("cuda") == given == given.for_device("cpu")
+    run = annotator.run([media_dir / "group-six-faces.jpg"])
+    list(run)
+    options = run.metadata().options
+    assert (options["detect_batch"], options["small_faces_every"]) == (4, 5)  # what ran, not None
 
 
 def test_an_annotator_runs_with_other_run_options_but_refuses_other_model_options(media_dir, annotator):

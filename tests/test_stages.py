@@ -306,6 +306,7 @@ class _ThreadRecordingDetector:
 
     def __init__(self, detector) -> None:
         self.detector = detector
+        self.device = detector.device
         self.calls: list[tuple[str, int]] = []
 
     def detect(self, *args, **kwargs):
