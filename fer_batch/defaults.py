@@ -23,16 +23,17 @@ MAX_DETECT_SIDE = 4096  # larger frames are shrunk to this longest side for dete
 MAX_IMAGE_PIXELS = 200_000_000  # images declaring more are refused before decoding (decompression bombs)
 DETECT_EVERY = 1  # run the detector on every k-th annotated frame, track in between
 # Frames of one video per detector call, by the kind of device ("cpu" or "gpu"): a CPU runs P-Net
-# one frame at a time anyway; a GPU waits on the host, and larger batches feed it (1.5x / 1.6x the
-# frames/s at 32 than at 4 on an H200, 1080p / 640x360, README "On a GPU").
+# one frame at a time anyway; a GPU waits on the host, and larger batches feed it (1.56x / 1.61x
+# the frames/s at 32 than at 4 on an H200, 1080p / 640x360, README "On a GPU").
 DETECT_BATCH = {"cpu": 4, "gpu": 32}
 # The detector searches for faces smaller than SMALL_FACE_FACTOR x MIN_FACE_SIZE (30 px) only on
 # every SMALL_FACES_EVERY-th annotated frame (rounded up to a detector frame), and on a video's
 # last: the pyramid levels that find them are three quarters of P-Net's work on a CPU. Faces
 # already tracked are refined on every frame whatever their size (pipeline.track_faces), so a
 # small face keeps its rows; a new one is found within SMALL_FACES_EVERY frames. On a GPU those
-# levels cost little and the schedule cost time (1.4x / 1.5x the frames/s on every frame, H200):
-# there every detector frame is searched at every size.
+# levels cost little and the schedule cost time (1.36x / 1.52x the frames/s with every frame
+# searched at every size, H200): there every detector frame is. The two GPU values were measured
+# one at a time, not together (README "On a GPU").
 SMALL_FACES_EVERY = {"cpu": 5, "gpu": 1}
 SMALL_FACE_FACTOR = 1.5
 # Between keyframes a tracked face stays while O-Net's score on its refined box is at least this

@@ -76,7 +76,7 @@ class BucketedBatches(torch.nn.Module):
 # threads detecting 1080p crowd frames side by side: 147-160 ms a frame each with these chunks,
 # 170-240 with chunks of 512.
 CPU_CHUNKS = {"rnet": 32, "onet": 16}
-GPU_CHUNK = 512  # R-Net and O-Net inputs per call on a GPU: a 1080p window's candidates in a few calls, memory bounded
+GPU_CHUNK = 512  # R-Net and O-Net inputs per call at most on a GPU (a call's memory bounded)
 
 
 def load_mtcnn_networks(device: torch.device) -> "object":

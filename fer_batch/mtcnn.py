@@ -17,9 +17,10 @@ Also: the table's corners are gathered as rows of the flattened table (2x faster
 indexing the 4-d table), on a CPU by numpy's `take` (1.2x `index_select` on the pyramid), and
 each thread reuses one table buffer; P-Net runs on channels-last inputs, one frame at a time on
 a CPU (1.8x and 1.7x faster at 1080p: oneDNN's faster layout, and one frame's maps fit the
-caches); R-Net and O-Net run channels-last too, and batch their own inputs: here each stage's
-candidates are handed over whole (`fer_batch.detection.BucketedBatches` splits them, into 16-32 on
-a CPU, where bigger batches' activations are page-faulted in anew on every call, and 512 on a GPU); on a CPU large max-pools are maxima of strided views (`StridedMaxPool`) and
+caches); R-Net and O-Net run channels-last too and batch their own inputs: each stage's
+candidates are handed to them whole (`fer_batch.detection.BucketedBatches` splits them: into
+16-32 on a CPU, where bigger batches' activations are page-faulted in anew on every call, and
+into 512 on a GPU); on a CPU large max-pools are maxima of strided views (`StridedMaxPool`) and
 P-Net's first PReLU runs over whole rows (`RowwisePReLU`); and a batch with no candidates
 returns empty results where facenet-pytorch fails.
 """
@@ -323,7 +324,8 @@ def detect_batch(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per frame of uint8 (B, H, W, 3) RGB `frames`: boxes (N, 5: x1, y1, x2, y2, score) and
     landmarks (N, 5, 2), as facenet-pytorch's `detect_face` returns them. `rnet` and `onet` get
-    each stage's candidates whole and batch them as they run best (`fer_batch.detection.BucketedBatches`)."""
+    each stage's candidates whole and batch them as they run best
+    (`fer_batch.detection.BucketedBatches`)."""
     from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, rerec
 
     batch, height, width = frames.shape[:3]
