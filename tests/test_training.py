@@ -472,3 +472,27 @@ def test_export_can_turn_flip_averaging_back_on(trained_run, tmp_path):
     export_checkpoint(trained_run / "best.pt", tmp_path / "flipped.pt", half=True, tta_flip=not run_flip)
     assert load_checkpoint(tmp_path / "as-run.pt").preprocessing.tta_flip is run_flip
     assert load_checkpoint(tmp_path / "flipped.pt").preprocessing.tta_flip is (not run_flip)
+
+
+def test_mixup_blends_the_crops_from_the_runs_own_generator(trained_run, fer_dir, tmp_path):
+    """--mixup-alpha blends each crop with another (labels and the teacher's answer in the same
+    shares): two runs of one seed end with the same weights, which differ from a run without
+    mixup; the setting is recorded in the checkpoint, and it works beside distillation."""
+    common = [
+        "train", "--data", str(fer_dir), "--small", "--epochs", "1", "--temporal-epochs", "0",
+        "--limit-train", "256", "--limit-test", "64", "--batch-size", "64", "--device", "cpu", "--quiet",
+        "--seed", "5", "--precision", "fp32", "--teacher", str(trained_run / "best.pt"),
+    ]
+    for name, extra in (("mix-a", ["--mixup-alpha", "0.4"]), ("mix-b", ["--mixup-alpha", "0.4"]), ("plain", [])):
+        result = runner.invoke(app, [*common, "--out", str(tmp_path / name), *extra])
+        assert result.exit_code == 0, result.output
+
+    def weights(name: str) -> dict:
+        return torch.load(tmp_path / name / "last.pt", map_location="cpu", weights_only=False)["model_state"]
+
+    first, again, plain = weights("mix-a"), weights("mix-b"), weights("plain")
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert any(not torch.equal(first[key], plain[key]) for key in first if first[key].is_floating_point())
+    assert load_checkpoint(tmp_path / "mix-a" / "last.pt").extra["training_config"]["mixup_alpha"] == 0.4
+    refused = runner.invoke(app, [*common, "--out", str(tmp_path / "bad"), "--mixup-alpha", "-1"])
+    assert refused.exit_code == 2

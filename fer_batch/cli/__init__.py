@@ -266,6 +266,7 @@ def train(
     limit_test: Optional[int] = typer.Option(None, "--limit-test", min=1, help="Use only this many PublicTest images."),
     clips_per_epoch: int = typer.Option(3000, "--clips-per-epoch", min=1),
     realistic_clips: bool = typer.Option(False, "--realistic-clips", help="Train the GRU on clips with real video's shake, low resolution, blur and JPEG artefacts."),
+    mixup_alpha: float = typer.Option(0.0, "--mixup-alpha", min=0.0, help="Mixup on the CNN stage's crops: each blended with another by a Beta(alpha, alpha) share, labels (and the teacher's answer) alike; 0: off."),
     realistic_stills: float = typer.Option(0.0, "--realistic-stills", min=0.0, max=1.0, help="Share of the CNN stage's crops made to look like real detections: small, blurred, JPEG, a little turned."),
     small: bool = typer.Option(False, "--small", help="Same as --model small: a tiny network, for smoke tests."),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help="Stop after this many epochs; continue later with --resume."),
@@ -288,7 +289,7 @@ def train(
         data=str(data), out_dir=str(out), epochs=epochs, temporal_epochs=temporal_epochs, batch_size=batch_size,
         learning_rate=learning_rate, seed=seed, device=device, limit_train=limit_train, limit_test=limit_test,
         clips_per_epoch=clips_per_epoch, realistic_clips=realistic_clips, realistic_stills=realistic_stills,
-        init_from=str(init_from) if init_from else None, init_member=init_member,
+        mixup_alpha=mixup_alpha, init_from=str(init_from) if init_from else None, init_member=init_member,
         model=MODEL_PRESETS[preset], precision=precision, eval_every=eval_every, tta_flip=tta_flip,
         teacher=str(teacher) if teacher else None, distill_weight=distill_weight, distill_temperature=distill_temperature,
     )

@@ -56,7 +56,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     class_weight_power: float = 0.3  # loss weight per class = (1 / frequency) ** power
-    mixup_alpha: float = 0.0
+    mixup_alpha: float = 0.0  # mixup on the CNN stage's crops: Beta(alpha, alpha) shares; 0: off
     clips_per_epoch: int = 3000
     clip_length: int = 12
     realistic_clips: bool = False  # the GRU stage trains on clips with real video's shake, blur and artefacts (clips.Realism)
@@ -323,17 +323,17 @@ class Trainer:
                 )
             crops = crops.to(self.device, memory_format=torch.channels_last)
             targets = torch.from_numpy(self.train_set.labels[batch]).to(self.device)
+            mixing = self._mixing(len(batch))
+            if mixing is not None:  # mixup: each crop blended with another's, the labels in the same shares
+                share, partner = mixing
+                crops = share * crops + (1 - share) * crops[partner]
             with self._autocast():
-                if self.config.mixup_alpha > 0:
-                    lam = float(np.random.beta(self.config.mixup_alpha, self.config.mixup_alpha))
-                    perm = torch.randperm(crops.shape[0], generator=self.generator).to(self.device)
-                    logits = self.model.frame_logits(self.model.encode(lam * crops + (1 - lam) * crops[perm]))
-                    loss = lam * self._loss(logits, targets) + (1 - lam) * self._loss(logits, targets[perm])
-                else:
-                    logits = self.model.frame_logits(self.model.encode(crops))
-                    loss = self._loss(logits, targets)
-                    if self.teacher is not None:
-                        loss = self._distilled_loss(loss, logits, crops)
+                logits = self.model.frame_logits(self.model.encode(crops))
+                loss = self._loss(logits, targets)
+                if mixing is not None:
+                    loss = share * loss + (1 - share) * self._loss(logits, targets[partner])
+                if self.teacher is not None:  # the teacher answers on the same blended crops
+                    loss = self._distilled_loss(loss, logits, crops)
             self._step(loss)
             total_loss += float(loss.detach()) * len(batch)
             correct += int((logits.argmax(1) == targets).sum())
@@ -341,6 +341,16 @@ class Trainer:
             progress.update(1)
             progress.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
         return total_loss / seen, correct / seen
+
+    def _mixing(self, count: int) -> tuple[float, torch.Tensor] | None:
+        """Mixup's share of the first crop (Beta(alpha, alpha)) and each crop's partner, drawn from
+        the run's generator (a resumed or repeated run draws the same); None without mixup."""
+        alpha = self.config.mixup_alpha
+        if alpha <= 0:
+            return None
+        draw = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
+        share = float(draw.beta(alpha, alpha))
+        return share, torch.randperm(count, generator=self.generator).to(self.device)
 
     def _temporal_epoch(self, progress: tqdm) -> tuple[float, float]:
         self.model.eval()  # frozen encoder: BatchNorm statistics stay those of the best frame epoch
