@@ -279,10 +279,15 @@ TWO_WINDOWS = "defaults, two windows in flight"
 
 def other_devices_defaults(device: torch.device) -> tuple[str, dict]:
     """The row of the device-dependent defaults of the other kind of device than `device`."""
-    kind = "gpu" if defaults.device_kind(device) == "cpu" else "cpu"
-    batch, every = defaults.DETECT_BATCH[kind], defaults.SMALL_FACES_EVERY[kind]
-    return (f"a {kind.upper()}'s: --detect-batch {batch} --small-faces-every {every}",
-            {"detect_batch": batch, "small_faces_every": every})
+    other = "cuda" if defaults.device_kind(device) == "cpu" else "cpu"
+    theirs = RunOptions().for_device(other)
+    return (f"a {defaults.device_kind(other).upper()}'s: {device_defaults(theirs)}",
+            {"detect_batch": theirs.detect_batch, "small_faces_every": theirs.small_faces_every})
+
+
+def device_defaults(options: RunOptions) -> str:
+    """The device-dependent options of resolved `options`, as flags."""
+    return f"--detect-batch {options.detect_batch} --small-faces-every {options.small_faces_every}"
 
 
 def with_windows(annotator: Annotator, video: Path, options: RunOptions, workers: int, threads_each: int) -> Result:
@@ -349,8 +354,7 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}, device {annotator.device}; OpenMP waiting: annotate "
           f"{os.environ.get('OMP_WAIT_POLICY', 'default')} (as `fer`), the reference torch's default (its own process)")
     print(f"weights: {annotator.checkpoint.name}; model+detector load {load_seconds:.1f} s; defaults here: "
-          f"--detect-batch {defaults.DETECT_BATCH[defaults.device_kind(annotator.device)]} "
-          f"--small-faces-every {defaults.SMALL_FACES_EVERY[defaults.device_kind(annotator.device)]}")
+          f"{device_defaults(RunOptions().for_device(annotator.device))}")
     print(classifier_speed(annotator, batch=args.classifier_batch))
     benchmark_clip(annotator, args.video, f"{args.video.name} (1920x1080)", args.max_frames, detect_batches)
     with tempfile.TemporaryDirectory() as folder:
