@@ -30,6 +30,12 @@ Figures move 2-3x between machines, so only ratios from one run count.
 
     .venv/bin/python benchmarks/annotate_throughput.py [--video PATH] [--max-frames N] [--device cpu]
     .venv/bin/python benchmarks/annotate_throughput.py --device cuda --detect-batches 8,64
+    .venv/bin/python benchmarks/annotate_throughput.py --weights candidate.pt [--labels-only]
+
+Detection does not depend on the weights, so with --weights only "same emotion" (and the
+speed of the classifier) can move: how far a candidate encoder's labels hold when the crops
+move (keyframes and refinement, the shifted copy). --labels-only prints just that column for
+the rows it can move, without the reference or timings (so a busy machine gives the same).
 
 Two options default by device (`fer_batch.defaults`: `--detect-batch`, `--small-faces-every`);
 a row runs the other kind of device's defaults on this one, so that one run compares them. With
@@ -273,6 +279,24 @@ def benchmark_clip(
         row(SHIFTED_FULL_PATH, shifted, full_path(FULL_PATH))
 
 
+LABEL_ROWS = (("defaults", {}), ("--detect-every 5", {"detect_every": 5}), ("--detect-every 10", {"detect_every": 10}))
+
+
+def label_agreement(annotator: Annotator, video: Path, label: str, max_frames: int | None) -> None:
+    """Only the "same emotion" column, of the rows an encoder can move (the defaults, keyframe
+    rows, the full path moved by a pixel): no reference and no timings, so it means the same
+    on a busy machine. Detection does not depend on the weights; the labels do."""
+    full = annotate(annotator, video, RunOptions(max_frames=max_frames, **FULL_DETECTION))
+    figures = [(name, agreement(annotate(annotator, video, RunOptions(max_frames=max_frames, **changes)), full))
+               for name, changes in LABEL_ROWS]
+    shifted = shifted_full_path(annotator, video, max_frames)
+    if shifted is not None:
+        figures.append((SHIFTED_FULL_PATH, agreement(shifted, full)))
+    print(f"\n{label}: same emotion as the full path ({full.frames} frames)")
+    for name, figure in figures:
+        print(f"{name:48s} {figure:12.1%}")
+
+
 ONE_WINDOW = "defaults, one window at a time"
 TWO_WINDOWS = "defaults, two windows in flight"
 
@@ -338,6 +362,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--detect-batches", default="", help="comma-separated detector batch sizes to add (e.g. 1,8,32)")
     parser.add_argument("--classifier-batch", type=int, default=64)
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="another checkpoint than the shipped one (e.g. a candidate encoder): its labels decide 'same emotion'")
+    parser.add_argument("--precision", default=defaults.PRECISION, help="as fer annotate's --precision")
+    parser.add_argument("--labels-only", action="store_true",
+                        help="only 'same emotion' of the rows an encoder moves: no reference, no timings")
     parser.add_argument("--reference-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reference_child is not None:
@@ -348,19 +377,26 @@ def main() -> None:
         raise SystemExit(f"benchmark video not found: {args.video}")
 
     started = time.perf_counter()
-    annotator = Annotator(device=args.device)
+    annotator = Annotator(device=args.device, weights=args.weights, precision=args.precision)
     load_seconds = time.perf_counter() - started
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch threads {torch.get_num_threads()}, device {annotator.device}; OpenMP waiting: annotate "
           f"{os.environ.get('OMP_WAIT_POLICY', 'default')} (as `fer`), the reference torch's default (its own process)")
     print(f"weights: {annotator.checkpoint.name}; model+detector load {load_seconds:.1f} s; defaults here: "
           f"{device_defaults(RunOptions().for_device(annotator.device))}")
-    print(classifier_speed(annotator, batch=args.classifier_batch))
-    benchmark_clip(annotator, args.video, f"{args.video.name} (1920x1080)", args.max_frames, detect_batches)
+    if args.labels_only:
+        def run_clip(video: Path, label: str) -> None:
+            label_agreement(annotator, video, label, args.max_frames)
+    else:
+        print(classifier_speed(annotator, batch=args.classifier_batch))
+
+        def run_clip(video: Path, label: str) -> None:
+            benchmark_clip(annotator, video, label, args.max_frames, detect_batches)
+    run_clip(args.video, f"{args.video.name} (1920x1080)")
     with tempfile.TemporaryDirectory() as folder:
         fps = cv2.VideoCapture(str(args.video)).get(cv2.CAP_PROP_FPS) or 25.0
         small = write_copy(read_frames(args.video, args.max_frames), (640, 360), Path(folder) / "crowd-640x360.mp4", fps)
-        benchmark_clip(annotator, small, "the same clip at 640x360", args.max_frames, detect_batches)
+        run_clip(small, "the same clip at 640x360")
 
 
 if __name__ == "__main__":
