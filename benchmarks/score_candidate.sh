@@ -8,7 +8,7 @@
 #
 #   bash benchmarks/score_candidate.sh runs/kd-wide-rsmix-s46 [OUT]   # OUT default /tmp/score-<run>
 #
-# About 15 minutes on two idle cores (none of its figures depends on timing, so a busy machine
+# About 15-20 minutes on two cores (none of its figures depends on timing, so a busy machine
 # is only slower). PublicTest chooses here, as everywhere: a candidate that wins is selected on it.
 set -euo pipefail
 RUN=${1:?usage: score_candidate.sh RUN_FOLDER [OUT]}
@@ -43,13 +43,12 @@ def metrics(folder: str) -> dict:
 
 def same_emotion(who: str) -> str:
     """'same emotion' of the defaults, --detect-every 5 and 10 and the shifted full path, per clip."""
-    figures = {}
-    clip = None
+    figures: dict[str, list[str]] = {}
+    in_table = False
     for line in (out / f"{who}-labels.txt").read_text().splitlines():
-        if "same emotion as the full path" in line:
-            clip = "1080p" if "1920x1080" in line else "640x360"
+        in_table = in_table or "same emotion as the full path" in line  # 1080p first, then 640x360
         match = re.match(r"(defaults|--detect-every 5|--detect-every 10|full path, the video shifted)\s", line)
-        if clip and match:
+        if in_table and match:
             figures.setdefault(match.group(1), []).append(re.findall(r"(\d+\.\d)%", line)[-1])
     short = {"defaults": "defaults", "--detect-every 5": "de5", "--detect-every 10": "de10",
              "full path, the video shifted": "moved 1 px"}
