@@ -279,7 +279,9 @@ def benchmark_clip(
         row(SHIFTED_FULL_PATH, shifted, full_path(FULL_PATH))
 
 
-LABEL_ROWS = (("defaults", {}), ("--detect-every 5", {"detect_every": 5}), ("--detect-every 10", {"detect_every": 10}))
+# The rows of CONFIGURATIONS whose "same emotion" an encoder can move at the defaults' detector settings.
+LABEL_ROWS = tuple((name, changes) for name, changes in CONFIGURATIONS
+                   if name in ("defaults", "--detect-every 5", "--detect-every 10"))
 
 
 def label_agreement(annotator: Annotator, video: Path, label: str, max_frames: int | None) -> None:
