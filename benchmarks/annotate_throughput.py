@@ -32,12 +32,15 @@ Figures move 2-3x between machines, so only ratios from one run count.
     .venv/bin/python benchmarks/annotate_throughput.py --device cuda --detect-batches 8,64
     .venv/bin/python benchmarks/annotate_throughput.py --weights candidate.pt [--labels-only]
 
+The clips are videos: their faces go through the video encoder (`fer-cnn-gru-video.pt`), or the
+--weights file when given (as in `fer annotate`, one file for everything).
 Detection does not depend on the weights, so with --weights only "same emotion" (and the
 speed of the classifier) can move: how far a candidate encoder's labels hold when the crops
 move (keyframes and refinement, the shifted copy). --labels-only prints just that column for
 the rows it can move, without the reference or timings (so a busy machine gives the same).
 
-Two options default by device (`fer_batch.defaults`: `--detect-batch`, `--small-faces-every`);
+Three options default by device (`fer_batch.defaults`: `--detect-every`, `--detect-batch`,
+`--small-faces-every`);
 a row runs the other kind of device's defaults on this one, so that one run compares them. With
 --detect-batches, the defaults also run with each of those detector batch sizes (frames per
 MTCNN call; on a GPU larger batches fill the device).
@@ -71,17 +74,17 @@ DEFAULT_VIDEO = Path(__file__).resolve().parents[1].parent / "shared" / "media" 
 WARM_UP_FRAMES = 12  # annotated once per clip before the timed rows
 FULL_PATH = "--small-faces-every 1 (the full path)"
 FULL_DETECTION = {"detect_every": 1, "small_faces_every": 1}  # every frame searched for faces of every size
+DETECT_EVERY_FRAME = "--detect-every 1 (the defaults until the 18th session)"
 CONFIGURATIONS = (
     ("defaults", {}),
     (FULL_PATH, FULL_DETECTION),
-    ("--small-faces-every 10", {"small_faces_every": 10}),
+    (DETECT_EVERY_FRAME, {"detect_every": 1}),
     ("--detect-every 5", {"detect_every": 5}),
     ("--detect-every 10", {"detect_every": 10}),
     ("--detect-scale 0.5 --detect-every 5", {"detect_scale": 0.5, "detect_every": 5}),
-    ("--threshold 0.7 (the reference's)", {"threshold": 0.7}),
-    ("--threshold 0.7 --detect-every 5", {"threshold": 0.7, "detect_every": 5}),
+    ("--threshold 0.7 (the reference's) --detect-every 5", {"threshold": 0.7, "detect_every": 5}),
     ("--threshold 0.7 --detect-every 10", {"threshold": 0.7, "detect_every": 10}),
-    ("--proposal-threshold 0.8", {"proposal_threshold": 0.8}),
+    ("--proposal-threshold 0.8 --detect-every 5", {"proposal_threshold": 0.8, "detect_every": 5}),
     ("--proposal-threshold 0.8 --detect-every 10", {"proposal_threshold": 0.8, "detect_every": 10}),
 )
 
@@ -202,10 +205,11 @@ def _synchronize(device: torch.device) -> None:
 
 
 def classifier_speed(annotator: Annotator, batch: int = 64, repeats: int = 20) -> str:
-    """CNN crops/s alone (no detection), with and without the flip averaging annotate uses."""
+    """The video encoder's crops/s alone (no detection; the clips are videos), with and without the
+    flip averaging annotate uses."""
     from fer_batch.model import EmotionEnsemble, count_parameters, load_checkpoint, model_macs_per_crop
 
-    model = annotator.checkpoint.model.to(annotator.device).eval()
+    model = annotator.video_checkpoint.model.to(annotator.device).eval()
     crops = torch.randn(batch, 1, 48, 48, device=annotator.device)
     figures = []
     for flip in (False, True):
@@ -218,7 +222,7 @@ def classifier_speed(annotator: Annotator, batch: int = 64, repeats: int = 20) -
             _synchronize(annotator.device)
             figures.append(batch * repeats / (time.perf_counter() - begin))
     members = len(model.members) if isinstance(model, EmotionEnsemble) else 1
-    checkpoint = annotator.checkpoint
+    checkpoint = annotator.video_checkpoint
     # An int8 encoder's packed weights are not torch parameters: count the float network's.
     counted = model if checkpoint.precision == "fp32" or checkpoint.path is None else load_checkpoint(checkpoint.path).model
     return (
@@ -281,16 +285,22 @@ def benchmark_clip(
 
 # The rows of CONFIGURATIONS whose "same emotion" an encoder can move at the defaults' detector settings.
 LABEL_ROWS = tuple((name, changes) for name, changes in CONFIGURATIONS
-                   if name in ("defaults", "--detect-every 5", "--detect-every 10"))
+                   if name in ("defaults", DETECT_EVERY_FRAME, "--detect-every 5", "--detect-every 10"))
 
 
 def label_agreement(annotator: Annotator, video: Path, label: str, max_frames: int | None) -> None:
     """Only the "same emotion" column, of the rows an encoder can move (the defaults, keyframe
     rows, the full path moved by a pixel): no reference and no timings, so it means the same
     on a busy machine. Detection does not depend on the weights; the labels do."""
-    full = annotate(annotator, video, RunOptions(max_frames=max_frames, **FULL_DETECTION))
-    figures = [(name, agreement(annotate(annotator, video, RunOptions(max_frames=max_frames, **changes)), full))
-               for name, changes in LABEL_ROWS]
+    runs: dict[RunOptions, Result] = {}  # rows with the same options on this device (defaults, --detect-every 5) run once
+
+    def run(**changes) -> Result:
+        options = RunOptions(max_frames=max_frames, **changes).for_device(annotator.device)
+        runs[options] = runs.get(options) or annotate(annotator, video, options)
+        return runs[options]
+
+    full = run(**FULL_DETECTION)
+    figures = [(name, agreement(run(**changes), full)) for name, changes in LABEL_ROWS]
     shifted = shifted_full_path(annotator, video, max_frames)
     if shifted is not None:
         figures.append((SHIFTED_FULL_PATH, agreement(shifted, full)))
@@ -308,12 +318,13 @@ def other_devices_defaults(device: torch.device) -> tuple[str, dict]:
     other = "cuda" if defaults.device_kind(device) == "cpu" else "cpu"
     theirs = RunOptions().for_device(other)
     return (f"a {defaults.device_kind(other).upper()}'s: {device_defaults(theirs)}",
-            {"detect_batch": theirs.detect_batch, "small_faces_every": theirs.small_faces_every})
+            {"detect_every": theirs.detect_every, "detect_batch": theirs.detect_batch, "small_faces_every": theirs.small_faces_every})
 
 
 def device_defaults(options: RunOptions) -> str:
     """The device-dependent options of resolved `options`, as flags."""
-    return f"--detect-batch {options.detect_batch} --small-faces-every {options.small_faces_every}"
+    return (f"--detect-every {options.detect_every} --detect-batch {options.detect_batch} "
+            f"--small-faces-every {options.small_faces_every}")
 
 
 def with_windows(annotator: Annotator, video: Path, options: RunOptions, workers: int, threads_each: int) -> Result:
@@ -384,7 +395,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch threads {torch.get_num_threads()}, device {annotator.device}; OpenMP waiting: annotate "
           f"{os.environ.get('OMP_WAIT_POLICY', 'default')} (as `fer`), the reference torch's default (its own process)")
-    print(f"weights: {annotator.checkpoint.name}; model+detector load {load_seconds:.1f} s; defaults here: "
+    print(f"weights: {annotator.video_checkpoint.name} for the clips; model+detector load {load_seconds:.1f} s; defaults here: "
           f"{device_defaults(RunOptions().for_device(annotator.device))}")
     if args.labels_only:
         def run_clip(video: Path, label: str) -> None:

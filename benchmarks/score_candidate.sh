@@ -42,15 +42,15 @@ def metrics(folder: str) -> dict:
     return json.loads((out / folder / "metrics.json").read_text())
 
 def same_emotion(who: str) -> str:
-    """'same emotion' of the defaults, --detect-every 5 and 10 and the shifted full path, per clip."""
+    """'same emotion' of the defaults, --detect-every 1, 5 and 10 and the shifted full path, per clip."""
     figures: dict[str, list[str]] = {}
     in_table = False
     for line in (out / f"{who}-labels.txt").read_text().splitlines():
         in_table = in_table or "same emotion as the full path" in line  # 1080p first, then 640x360
-        match = re.match(r"(defaults|--detect-every 5|--detect-every 10|full path, the video shifted)\s", line)
+        match = re.match(r"(defaults|--detect-every 1|--detect-every 5|--detect-every 10|full path, the video shifted)\s", line)
         if in_table and match:
             figures.setdefault(match.group(1), []).append(re.findall(r"(\d+\.\d)%", line)[-1])
-    short = {"defaults": "defaults", "--detect-every 5": "de5", "--detect-every 10": "de10",
+    short = {"defaults": "defaults", "--detect-every 1": "de1", "--detect-every 5": "de5", "--detect-every 10": "de10",
              "full path, the video shifted": "moved 1 px"}
     return "; ".join(f"{short[name]} {' / '.join(values)}" for name, values in figures.items())
 

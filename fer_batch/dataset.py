@@ -165,7 +165,8 @@ def _comparable(metadata: RunMetadata) -> dict[str, Any]:
     version which wrote a part did not have counts at its default, which is what that version did."""
     known = options_document(ModelOptions(), RunOptions())
     options = {key: value for key, value in {**known, **metadata.options}.items() if key not in {"threads", "device"}}
-    return {"weights_sha256": metadata.weights_sha256, "class_names": metadata.class_names, "options": options}
+    return {"weights_sha256": metadata.weights_sha256, "video_weights_sha256": metadata.video_weights_sha256,
+            "class_names": metadata.class_names, "options": options}
 
 
 def _existing_parts(directory: Path, metadata: RunMetadata, current: dict[str, SourceIdentity]) -> tuple[list[Path], set[str]]:

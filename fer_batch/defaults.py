@@ -21,7 +21,13 @@ MIN_FACE_SIZE = 20  # pixels of the original frame
 DETECT_SCALE = 1.0  # frames are resized by this before detection
 MAX_DETECT_SIDE = 4096  # larger frames are shrunk to this longest side for detection (bounded memory)
 MAX_IMAGE_PIXELS = 200_000_000  # images declaring more are refused before decoding (decompression bombs)
-DETECT_EVERY = 1  # run the detector on every k-th annotated frame, track in between
+# Run the detector on every k-th annotated frame of a video, by the kind of device; on the frames
+# between, each tracked face is refined by O-Net at its predicted box (pipeline.track_faces). On a
+# CPU every 5th: 1.7x the frames/s of every frame on the 1080p crowd clip with every quality target
+# of `make benchmark` held, given the video encoder (VIDEO_WEIGHTS_NAME), whose labels hold when
+# the crops move a little; the photo encoder's do not (93 % "same emotion" at 1080p). On a GPU
+# detection is cheap and batched: every frame (README "Throughput").
+DETECT_EVERY = {"cpu": 5, "gpu": 1}
 # Frames of one video per detector call, by the kind of device ("cpu" or "gpu"): a CPU runs P-Net
 # one frame at a time anyway; a GPU waits on the host, and larger batches feed it (1.56x / 1.61x
 # the frames/s at 32 than at 4 on an H200, 1080p / 640x360, README "On a GPU").
@@ -62,9 +68,14 @@ EVERY_NTH = 1
 BATCH_SIZE = 64  # crops per classifier batch
 DECODE_QUEUE = 16  # decoded frames buffered by the background reader
 
-# Model: the default checkpoint is package data, so a plain `pip install .` carries it.
+# Model: the default checkpoints are package data, so a plain `pip install .` carries them. Photos
+# are classified by the photo encoder, trained on FER2013's own crops (the more accurate on
+# stills and through detection); the faces of videos by the video encoder, trained on crops
+# jittered, blurred and shrunk as a tracker's are (the more accurate on such frames, and steady
+# when keyframes move the crops). The model card (weights/README.md) measures both.
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS_NAME = "fer-cnn-gru.pt"
+VIDEO_WEIGHTS_NAME = "fer-cnn-gru-video.pt"
 
 # Media
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -98,3 +109,19 @@ def device_kind(device: "str | object") -> str:
 
 def default_weights_path() -> Path:
     return WEIGHTS_DIR / DEFAULT_WEIGHTS_NAME
+
+
+def default_video_weights_path() -> Path:
+    return WEIGHTS_DIR / VIDEO_WEIGHTS_NAME
+
+
+def weights_by_media_type(weights: "str | Path | None", video_weights: "str | Path | None") -> dict[str, Path]:
+    """Which checkpoint classifies the faces of each media type ("image", "video"). Photos:
+    `weights`, else the shipped photo encoder. Videos: `video_weights`, else `weights` when that
+    is given (one file of the user's own for everything), else the shipped video encoder."""
+    photo = Path(weights) if weights else default_weights_path()
+    if video_weights:
+        video = Path(video_weights)
+    else:
+        video = photo if weights else default_video_weights_path()
+    return {"image": photo, "video": video}

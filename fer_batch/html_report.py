@@ -281,6 +281,8 @@ def build_report(tables: RunTables, out_html: Path | str, videos: dict[str, Path
         ("inputs", ", ".join(inputs) or "–"),
         ("tool version", metadata.version),
         ("weights", f"{metadata.weights} (sha256 {metadata.weights_sha256[:16]}…)"),
+        *([("video weights", f"{metadata.video_weights} (sha256 {metadata.video_weights_sha256[:16]}…)")]
+          if metadata.video_weights else []),
         ("device", metadata.device),
         ("sources", f"{len(sources)} ({int((sources.status == 'ok').sum()) if len(sources) else 0} ok)"),
         ("frames annotated", f"{frames_annotated} of {int(sources.frames_read.sum()) if len(sources) else 0} read"),

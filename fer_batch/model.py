@@ -396,3 +396,18 @@ def load_checkpoint(
         precision=resolved,
         has_int8_encoders=INT8_KEY in payload,
     )
+
+
+def check_same_faces(photo: Checkpoint, video: Checkpoint) -> None:
+    """One run classifies photos and videos with two checkpoints into one table: they must name the
+    same emotions in the same order and read the same crop (the crop stage cuts each face once)."""
+    if photo.class_names != video.class_names:
+        raise ValueError(
+            f"the video weights {video.name} predict {', '.join(video.class_names)}; the photo weights "
+            f"{photo.name} predict {', '.join(photo.class_names)}: one run needs the same emotions in the same order"
+        )
+    if (photo.preprocessing.crop_size, photo.preprocessing.landmarks) != (video.preprocessing.crop_size, video.preprocessing.landmarks):
+        raise ValueError(
+            f"the video weights {video.name} read a different face crop (size and landmark template) from the "
+            f"photo weights {photo.name}: one run cuts each face once, so both must read the same crop"
+        )

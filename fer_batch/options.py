@@ -27,7 +27,10 @@ class ModelOptions:
     which arithmetic (precision: auto, fp32 or int8; fer_batch.quantize)."""
 
     device: str = defaults.DEVICE
-    weights: str | None = None  # None: the checkpoint shipped inside the package
+    weights: str | None = None  # None: the photo encoder shipped inside the package
+    # None: `weights` when that is given, else the video encoder shipped inside the package
+    # (defaults.weights_by_media_type)
+    video_weights: str | None = None
     threads: int | None = None  # None: the CPUs this process may use
     precision: str = defaults.PRECISION
 
@@ -38,8 +41,10 @@ class ModelOptions:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
-        if self.weights is not None and not isinstance(self.weights, str):
-            object.__setattr__(self, "weights", str(self.weights))
+        for name in ("weights", "video_weights"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, name, str(value))
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,9 @@ class RunOptions:
     proposal_threshold: float = defaults.PROPOSAL_THRESHOLD  # MTCNN first-stage (P-Net) face probability
     min_face_size: int = defaults.MIN_FACE_SIZE  # original-frame pixels
     detect_scale: float = defaults.DETECT_SCALE  # frames are resized by this before detection
-    detect_every: int = defaults.DETECT_EVERY  # detector on every k-th annotated frame, tracker in between
-    # These two default by device (None: defaults.DETECT_BATCH / SMALL_FACES_EVERY, set by `for_device`)
+    # These three default by device (None: defaults.DETECT_EVERY / DETECT_BATCH / SMALL_FACES_EVERY,
+    # set by `for_device`)
+    detect_every: int | None = None  # detector on every k-th annotated frame, tracker in between
     detect_batch: int | None = None  # video frames per detector call
     small_faces_every: int | None = None  # search for faces under small_face_size on every k-th annotated frame
     batch_size: int = defaults.BATCH_SIZE  # face crops per classifier batch
@@ -76,7 +82,7 @@ class RunOptions:
             (0.0 < self.proposal_threshold < 1.0, "proposal_threshold must be between 0 and 1"),
             (self.min_face_size >= 1, "min_face_size must be at least 1 pixel"),
             (0.0 < self.detect_scale <= 4.0, "detect_scale must be in (0, 4]"),
-            (self.detect_every >= 1, "detect_every must be at least 1"),
+            (self.detect_every is None or self.detect_every >= 1, "detect_every must be at least 1"),
             (self.detect_batch is None or self.detect_batch >= 1, "detect_batch must be at least 1"),
             (self.small_faces_every is None or self.small_faces_every >= 1, "small_faces_every must be at least 1"),
             (self.batch_size >= 1, "batch_size must be at least 1"),
@@ -97,8 +103,8 @@ class RunOptions:
     def small_face_period(self) -> int:
         """Detector frames from one small-face search to the next: `small_faces_every` annotated
         frames rounded up to a whole number of detector frames (options `for_device`)."""
-        if self.small_faces_every is None:
-            raise ValueError("small_faces_every depends on the device: use RunOptions.for_device(device) first")
+        if self.small_faces_every is None or self.detect_every is None:
+            raise ValueError("small_faces_every and detect_every depend on the device: use RunOptions.for_device(device) first")
         return math.ceil(self.small_faces_every / self.detect_every)
 
     def for_device(self, device: "str | object") -> "RunOptions":
@@ -106,6 +112,7 @@ class RunOptions:
         `device` (a torch device or its name): the options a run on it uses and records."""
         kind = defaults.device_kind(device)
         return self.replace(
+            detect_every=defaults.DETECT_EVERY[kind] if self.detect_every is None else self.detect_every,
             detect_batch=defaults.DETECT_BATCH[kind] if self.detect_batch is None else self.detect_batch,
             small_faces_every=defaults.SMALL_FACES_EVERY[kind] if self.small_faces_every is None else self.small_faces_every,
         )

@@ -20,7 +20,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from fer_batch.media import (
     iter_video_frames,
     read_image,
 )
-from fer_batch.model import Checkpoint, load_checkpoint
+from fer_batch.model import Checkpoint, check_same_faces, load_checkpoint
 from fer_batch.options import ModelOptions, RunOptions, options_document
 from fer_batch.preprocess import Preprocessing, align_face, to_grayscale
 from fer_batch.results import RunMetadata
@@ -424,34 +424,38 @@ def crop_faces(events: Iterable[Event], preprocessing: Preprocessing) -> Iterato
         yield event
 
 
-def classify_faces(events: Iterable[Event], classifier: SequenceClassifier, batch_size: int) -> Iterator[Event]:
-    """Classify crops in batches of about `batch_size` across frames and files; events leave in order."""
+def classify_faces(events: Iterable[Event], classifiers: Mapping[str, SequenceClassifier], batch_size: int) -> Iterator[Event]:
+    """Classify crops in batches of about `batch_size` across frames and files, each face by the
+    classifier of its source's media type ("image", "video"); events leave in order."""
     pending: list[Event] = []
     pending_faces = 0
 
     def flush() -> Iterator[Event]:
         nonlocal pending, pending_faces
-        batches = [event for event in pending if isinstance(event, FrameBatch) and not event.run.failed]
+        by_classifier: dict[int, list[FrameBatch]] = {}
+        for event in pending:
+            if isinstance(event, FrameBatch) and not event.run.failed:
+                by_classifier.setdefault(id(classifiers[event.run.source.media_type]), []).append(event)
         classified: dict[int, FrameBatch] = {}
-        if batches:
+        for batches in by_classifier.values():
+            classifier = classifiers[batches[0].run.source.media_type]
             try:
-                probabilities = _classify_in_chunks(classifier, batches, batch_size)
+                probabilities, evidence = _classify_in_chunks(classifier, batches, batch_size)
             except Exception as error:  # noqa: BLE001 - one bad batch must not end the run
                 for batch in batches:
                     batch.run.fail("classify", error)
             else:
-                probabilities, evidence = probabilities
-                classified = {
+                classified.update({
                     id(batch): replace(batch, faces=batch.faces.replace(probabilities=part, crops=None, evidence=shown))
                     for batch, part, shown in zip(batches, probabilities, evidence)
-                }
+                })
         events_out, pending, pending_faces = pending, [], 0
         for event in events_out:
             event = classified.get(id(event), event)
             if isinstance(event, FrameBatch) and event.run.failed:
                 continue
             if isinstance(event, SourceFinished):
-                classifier.forget_source(event.run.number)
+                classifiers[event.run.source.media_type].forget_source(event.run.number)
             yield event
 
     for event in events:
@@ -559,28 +563,54 @@ class _SilentProgress:
 
 
 class Annotator:
-    """Holds the loaded detector and model; run it with any `RunOptions`, as often as needed."""
+    """Holds the loaded detector and models; run it with any `RunOptions`, as often as needed.
+
+    Two checkpoints classify (defaults.weights_by_media_type): the photo encoder the faces of
+    images, the video encoder those of videos; one object when both are the same file."""
 
     def __init__(
         self,
         device: str = defaults.DEVICE,
         weights: str | Path | None = None,
         threads: int | None = None,
-        checkpoint: Checkpoint | None = None,
         precision: str = defaults.PRECISION,
+        video_weights: str | Path | None = None,
     ) -> None:
-        self.model_options = ModelOptions(device, str(weights) if weights else None, threads, precision)
+        self.model_options = ModelOptions(
+            device=device, weights=str(weights) if weights else None, video_weights=str(video_weights) if video_weights else None,
+            threads=threads, precision=precision,
+        )
         self.threads = configure_threads(threads)
         self.device = resolve_device(device)
-        self.checkpoint = checkpoint or load_checkpoint(
-            weights or defaults.default_weights_path(), precision=precision, device=self.device
-        )
+        loaded: dict[Path, Checkpoint] = {}
+        self.checkpoints: dict[str, Checkpoint] = {}
+        for media_type, path in defaults.weights_by_media_type(weights, video_weights).items():
+            if path.resolve() not in loaded:
+                loaded[path.resolve()] = load_checkpoint(path, precision=precision, device=self.device)
+            self.checkpoints[media_type] = loaded[path.resolve()]
+        check_same_faces(self.checkpoint, self.video_checkpoint)
         self.detector = FaceDetector(self.device)
         self.detect_workers, self.detect_threads = detection_workers(self.device, self.threads)
 
     @property
+    def checkpoint(self) -> Checkpoint:
+        """The photo encoder's checkpoint; its labels and crop template are the run's."""
+        return self.checkpoints["image"]
+
+    @property
+    def video_checkpoint(self) -> Checkpoint:
+        return self.checkpoints["video"]
+
+    @property
     def class_names(self) -> tuple[str, ...]:
         return self.checkpoint.class_names
+
+    def classifiers(self, temporal: str = defaults.TEMPORAL) -> dict[str, SequenceClassifier]:
+        """A fresh classifier per media type for one run, shared when one checkpoint serves both."""
+        made: dict[int, SequenceClassifier] = {}
+        for checkpoint in self.checkpoints.values():
+            made.setdefault(id(checkpoint), SequenceClassifier(checkpoint, self.device, temporal))
+        return {media_type: made[id(checkpoint)] for media_type, checkpoint in self.checkpoints.items()}
 
     def detect(self, events: Iterable[Event], options: RunOptions) -> Iterator[Event]:
         """The detection stage (`detect_faces`) with this annotator's detector and its split of the
@@ -624,12 +654,11 @@ class AnnotationRun:
     def events(self) -> Iterator[Event]:
         """The stage chain: frames -> detect -> track -> crop -> classify."""
         annotator, options = self.annotator, self.options
-        classifier = SequenceClassifier(annotator.checkpoint, annotator.device, options.temporal)
         events = read_frames(self.sources, options)
         events = annotator.detect(events, options)
         events = track_faces(events, options, annotator.detector.refine)
         events = crop_faces(events, annotator.checkpoint.preprocessing)
-        events = classify_faces(events, classifier, options.batch_size)
+        events = classify_faces(events, annotator.classifiers(options.temporal), options.batch_size)
         return look_ahead(events) if options.temporal == "bidirectional" else events
 
     def __iter__(self) -> Iterator[Faces]:
@@ -667,6 +696,9 @@ class AnnotationRun:
             version=__version__,
             weights=annotator.checkpoint.name,
             weights_sha256=annotator.checkpoint.sha256 or "",
+            video_weights=annotator.video_checkpoint.name,
+            video_weights_sha256=annotator.video_checkpoint.sha256 or "",
+            video_precision=annotator.video_checkpoint.precision,
             class_names=list(self.class_names),
             device=str(annotator.device),
             precision=annotator.checkpoint.precision,

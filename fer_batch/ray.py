@@ -191,15 +191,14 @@ class UnitWorker:
     """A Ray Data actor: loads the detector and model once, then runs work units."""
 
     def __init__(self, model_options: dict[str, Any], run_options: dict[str, Any]) -> None:
-        from fer_batch.classifier import SequenceClassifier
         from fer_batch.pipeline import Annotator
 
         self.annotator = Annotator(**model_options)
         self.options = RunOptions(**run_options)
-        self.classifier = SequenceClassifier(self.annotator.checkpoint, self.annotator.device)
+        self.classifiers = self.annotator.classifiers()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        results = [run_unit(pickle.loads(spec), self.annotator, self.options, self.classifier) for spec in batch["unit"]]
+        results = [run_unit(pickle.loads(spec), self.annotator, self.options, self.classifiers) for spec in batch["unit"]]
         return {
             "group": [result.unit.group for result in results],
             "number": [result.unit.number for result in results],
@@ -207,8 +206,9 @@ class UnitWorker:
         }
 
 
-def run_unit(unit: WorkUnit, annotator: Any, options: RunOptions, classifier: Any) -> UnitResult:
-    """The local engine's stages on one unit, stopping before the GRU: faces and their features."""
+def run_unit(unit: WorkUnit, annotator: Any, options: RunOptions, classifiers: dict[str, Any]) -> UnitResult:
+    """The local engine's stages on one unit, stopping before the GRU: faces and their features
+    (from the encoder of each source's media type, `Annotator.classifiers`)."""
     from fer_batch.pipeline import FrameBatch, SourceFinished, crop_faces, read_frames, track_faces
 
     frame_range = (unit.start_frame, unit.stop_frame) if unit.sources[0].media_type == "video" else None
@@ -236,6 +236,7 @@ def run_unit(unit: WorkUnit, annotator: Any, options: RunOptions, classifier: An
             source = unit.sources[run.number]
             batches = [faces for faces in collected.pop(run.number, []) if len(faces)]
             faces = Faces.concat(batches) if batches else Faces.empty(source.relative, source.media_type)
+            classifier = classifiers[source.media_type]
             size = classifier.preprocessing.crop_size
             crops = faces.crops if faces.crops is not None else np.empty((0, size, size), np.uint8)
             features = np.concatenate(
@@ -318,22 +319,24 @@ class GroupStitcher:
 
         configure_threads(model_options.get("threads"))
         device = resolve_device(model_options.get("device", defaults.DEVICE))
-        checkpoint = load_checkpoint(model_options.get("weights") or defaults.default_weights_path())
-        self.classifier = SequenceClassifier(checkpoint, device, temporal)
+        paths = defaults.weights_by_media_type(model_options.get("weights"), model_options.get("video_weights"))
+        # the GRU and heads only: the encoders ran in the unit workers
+        loaded = {path: SequenceClassifier(load_checkpoint(path), device, temporal) for path in set(paths.values())}
+        self.classifiers = {media_type: loaded[path] for media_type, path in paths.items()}
         self.metadata_json = metadata_json
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         results = sorted((pickle.loads(blob) for blob in batch["result"]), key=lambda result: result.unit.number)
-        return {name: [value] for name, value in stitch_group(results, self.classifier, self.metadata_json).items()}
+        return {name: [value] for name, value in stitch_group(results, self.classifiers, self.metadata_json).items()}
 
 
-def stitch_group(results: list[UnitResult], classifier: Any, metadata_json: str) -> dict[str, Any]:
+def stitch_group(results: list[UnitResult], classifiers: dict[str, Any], metadata_json: str) -> dict[str, Any]:
     """One group's face rows (Arrow IPC) and summary rows (pickled frames), from its unit results in order."""
     from fer_batch.results import METADATA_KEY
     from fer_batch.schema import annotation_schema
     from fer_batch.writers import faces_to_record_batch
 
-    names = classifier.class_names
+    names = classifiers["image"].class_names
     statistics = RunStatistics(names)
     tables: list[pa.Table] = []
     by_source: dict[int, list[tuple[SourcePiece, int]]] = {}
@@ -343,10 +346,10 @@ def stitch_group(results: list[UnitResult], classifier: Any, metadata_json: str)
     summaries = []
     for number in sorted(by_source):
         pieces = [piece for piece, _ in by_source[number]]
-        faces, features = stitch_segments(pieces, [start for _, start in by_source[number]])
-        faces = faces.replace(probabilities=classify_tracks(classifier, faces, features) if len(faces)
-                              else np.empty((0, len(names)), np.float32))
         source = pieces[0].source
+        faces, features = stitch_segments(pieces, [start for _, start in by_source[number]])
+        faces = faces.replace(probabilities=classify_tracks(classifiers[source.media_type], faces, features) if len(faces)
+                              else np.empty((0, len(names)), np.float32))
         errors = list(dict.fromkeys(error for piece in pieces for error in piece.errors))  # overlaps repeat them
         statistics.source_started(number, source)
         statistics.frames_annotated(number, sum(piece.frames_annotated for piece in pieces), faces)
@@ -383,7 +386,7 @@ def _plan(paths: list[str | Path], options: dict[str, Any], segment_s: float) ->
     import torch
 
     from fer_batch import __version__
-    from fer_batch.model import load_checkpoint
+    from fer_batch.model import check_same_faces, load_checkpoint
     from fer_batch.quantize import resolve_precision
     from fer_batch.results import RunMetadata
     from fer_batch.runtime import resolve_device
@@ -391,19 +394,22 @@ def _plan(paths: list[str | Path], options: dict[str, Any], segment_s: float) ->
     model_dict, run_options = split_options(options)
     model_options = ModelOptions(**model_dict)
     sources, unsupported = discover_sources([Path(path) for path in paths], run_options.glob, run_options.exclude)
-    checkpoint = load_checkpoint(model_options.weights or defaults.default_weights_path())  # for the metadata only
+    weights = defaults.weights_by_media_type(model_options.weights, model_options.video_weights)
+    checkpoint, video_checkpoint = load_checkpoint(weights["image"]), load_checkpoint(weights["video"])  # for the metadata only
+    check_same_faces(checkpoint, video_checkpoint)  # as the workers will: fail here, before the cluster starts
     # The metadata's precision is the workers': cuda means fp32 even on a driver without a GPU;
     # auto is judged as the driver sees it. Resolved, not built: the driver runs no encoder.
     device = torch.device("cuda") if model_options.device.startswith("cuda") else resolve_device(model_options.device)
     precision = resolve_precision(model_options.precision, device, checkpoint.has_int8_encoders)
+    video_precision = resolve_precision(model_options.precision, device, video_checkpoint.has_int8_encoders)
     run_options = run_options.for_device(device)  # the workers run with these, cut where they batch
     document = options_document(model_options, run_options)
     document.update({"engine": "ray", "segment_s": segment_s})
     metadata = RunMetadata(
         version=__version__, weights=checkpoint.name, weights_sha256=checkpoint.sha256 or "",
         class_names=list(checkpoint.class_names), device=model_options.device, options=document,
-        precision=precision,
-        inputs=[str(path) for path in paths],
+        precision=precision, video_weights=video_checkpoint.name, video_weights_sha256=video_checkpoint.sha256 or "",
+        video_precision=video_precision, inputs=[str(path) for path in paths],
         source_paths={source.relative: str(source.path.resolve()) for source in sources}, elapsed_s=None,
     )
     return RayPlan(asdict(model_options), run_options, sources, unsupported, plan_units(sources, run_options, segment_s), metadata)

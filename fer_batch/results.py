@@ -46,6 +46,11 @@ class RunMetadata:
     source_paths: dict[str, str] = field(default_factory=dict)  # source name -> absolute path
     elapsed_s: float | None = None
     precision: str = "fp32"  # the encoder's arithmetic as run (fp32, int8); --precision may say auto
+    # The checkpoint that classified the faces of videos (defaults.weights_by_media_type), and its
+    # arithmetic; empty in outputs of versions that had one checkpoint for both
+    video_weights: str = ""
+    video_weights_sha256: str = ""
+    video_precision: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -35,7 +35,7 @@ def test_a_wrong_option_name_is_a_type_error_that_lists_the_valid_ones():
     assert "'detection_scale'" in str(error.value) and "detect_scale" in str(error.value)
     import fer_batch
 
-    with pytest.raises(TypeError, match="valid options are: device, weights, threads, precision, glob"):
+    with pytest.raises(TypeError, match="valid options are: device, weights, video_weights, threads, precision, glob"):
         fer_batch.annotate(["nowhere"], target_fps=2)
 
 
@@ -52,8 +52,9 @@ def test_options_split_into_what_is_loaded_and_what_is_per_run():
 
 
 @pytest.mark.parametrize(("changes", "size", "period"), [
-    ({}, 30, 5),  # the defaults: faces under 30 px on every 5th frame
-    ({"min_face_size": 15}, 23, 5),  # 1.5x, rounded up
+    ({}, 30, 1),  # the CPU defaults: a keyframe every 5th frame, each searching for faces under 30 px
+    ({"detect_every": 1}, 30, 5),  # every frame a keyframe: faces under 30 px on every 5th
+    ({"min_face_size": 15, "detect_every": 1}, 23, 5),  # 1.5x, rounded up
     ({"detect_every": 2}, 30, 3),  # 5 frames is 2.5 keyframes: every 3rd keyframe
     ({"detect_every": 10}, 30, 1),  # every keyframe
     ({"small_faces_every": 1}, 30, 1),
@@ -63,24 +64,27 @@ def test_the_small_face_size_and_period_follow_from_the_options(changes, size, p
     assert (options.small_face_size, options.small_face_period) == (size, period)
 
 
-def test_detector_batching_and_the_small_face_schedule_default_by_device(media_dir, annotator):
-    """Unset, they take the device's defaults (a GPU waits on the host: big batches, no schedule);
-    set, they stay; a run records what it used. The period needs the device's answer first."""
+def test_keyframes_detector_batching_and_the_small_face_schedule_default_by_device(media_dir, annotator):
+    """Unset, they take the device's defaults (a CPU detects every 5th frame and refines between; a
+    GPU waits on the host: every frame, big batches, no schedule); set, they stay; a run records
+    what it used. The period needs the device's answer first."""
     from fer_batch import defaults
 
     unset = RunOptions()
-    assert (unset.detect_batch, unset.small_faces_every) == (None, None)
+    assert (unset.detect_every, unset.detect_batch, unset.small_faces_every) == (None, None, None)
     with pytest.raises(ValueError, match="for_device"):
         unset.small_face_period  # noqa: B018 - the property raises
     on_cpu, on_gpu = unset.for_device("cpu"), unset.for_device("cuda:1")
-    assert (on_cpu.detect_batch, on_cpu.small_faces_every) == (defaults.DETECT_BATCH["cpu"], defaults.SMALL_FACES_EVERY["cpu"]) == (4, 5)
-    assert (on_gpu.detect_batch, on_gpu.small_faces_every) == (defaults.DETECT_BATCH["gpu"], defaults.SMALL_FACES_EVERY["gpu"]) == (32, 1)
-    given = RunOptions(detect_batch=2, small_faces_every=3)
+    assert (on_cpu.detect_every, on_cpu.detect_batch, on_cpu.small_faces_every) == (
+        defaults.DETECT_EVERY["cpu"], defaults.DETECT_BATCH["cpu"], defaults.SMALL_FACES_EVERY["cpu"]) == (5, 4, 5)
+    assert (on_gpu.detect_every, on_gpu.detect_batch, on_gpu.small_faces_every) == (
+        defaults.DETECT_EVERY["gpu"], defaults.DETECT_BATCH["gpu"], defaults.SMALL_FACES_EVERY["gpu"]) == (1, 32, 1)
+    given = RunOptions(detect_every=3, detect_batch=2, small_faces_every=3)
     assert given.for_device("cuda") == given == given.for_device("cpu")
     run = annotator.run([media_dir / "group-six-faces.jpg"])
     list(run)
     options = run.metadata().options
-    assert (options["detect_batch"], options["small_faces_every"]) == (4, 5)  # what ran, not None
+    assert (options["detect_every"], options["detect_batch"], options["small_faces_every"]) == (5, 4, 5)  # what ran, not None
 
 
 def test_an_annotator_runs_with_other_run_options_but_refuses_other_model_options(media_dir, annotator):

@@ -61,9 +61,10 @@ def test_fps_sampling_with_keyframes_or_a_frame_limit_is_not_cut():
 
     assert plan_segments(5000, 25.0, on_cpu(fps=5, detect_every=3), 10) == [(0, 0, None)]
     assert plan_segments(5000, 25.0, on_cpu(fps=5, max_frames=10), 10) == [(0, 0, None)]
-    assert plan_segments(5000, 25.0, on_cpu(fps=5), 10) == [(0, 0, None)]  # small faces every 5th
+    assert plan_segments(5000, 25.0, on_cpu(fps=5), 10) == [(0, 0, None)]  # keyframes every 5th on a CPU
+    assert plan_segments(5000, 25.0, on_cpu(fps=5, detect_every=1), 10) == [(0, 0, None)]  # small faces every 5th
     assert plan_segments(0, 25.0, on_cpu(), 10) == [(0, 0, None)]  # unknown length: read whole
-    every_frame = on_cpu(fps=5, small_faces_every=1)
+    every_frame = on_cpu(fps=5, detect_every=1, small_faces_every=1)
     cut = plan_segments(5000, 25.0, every_frame, 10)
     assert len(cut) == 20 and all(owned - start >= overlap_frames(every_frame, 25.0) for start, owned, _ in cut[1:])
     assert plan_segments(5000, 25.0, RunOptions(fps=5).for_device("cuda"), 10) == cut  # a GPU searches every frame

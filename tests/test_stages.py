@@ -139,13 +139,10 @@ def test_crop_cuts_aligned_crops_and_lets_frames_go(crowd_events, annotator):
 
 def test_classify_gives_the_same_answers_whatever_the_batch_size(crowd_events, annotator):
     """GRU state follows each track across classifier batches, so batching must not change results."""
-    from fer_batch.classifier import SequenceClassifier
-
     _, events = crowd_events
     results = []
     for batch_size in (1, 7, 64):
-        stream = classify_faces(crop_faces(events, annotator.checkpoint.preprocessing),
-                                SequenceClassifier(annotator.checkpoint, annotator.device), batch_size)
+        stream = classify_faces(crop_faces(events, annotator.checkpoint.preprocessing), annotator.classifiers(), batch_size)
         out = list(stream)
         assert isinstance(out[-1], SourceFinished)
         results.append(np.concatenate([event.faces.probabilities for event in out if isinstance(event, FrameBatch)]))
@@ -256,7 +253,7 @@ def test_a_face_the_keyframe_detector_misses_keeps_its_track_and_row(media_dir, 
     from fer_batch.tracking import box_iou
 
     source = MediaSource(media_dir / "walking-crowd-1080p.mp4", "crowd.mp4", "video")
-    options = RunOptions(max_frames=16)
+    options = RunOptions(max_frames=16, detect_every=1)
     events = detect_faces(read_frames([source], options), annotator.detector, options)
     batches = [event for event in track_faces(events, options, annotator.detector.refine) if isinstance(event, FrameBatch)]
     faces = Faces.concat([batch.faces for batch in batches])
@@ -292,7 +289,7 @@ def test_a_track_refined_onto_a_detected_face_does_not_take_its_id(tmp_path, med
         assert ok
         writer.write(cv2.resize(frame, (640, 360), interpolation=cv2.INTER_AREA))
     writer.release()
-    options = RunOptions(small_faces_every=1)  # the neighbour is under 30 px: detected on every frame
+    options = RunOptions(detect_every=1, small_faces_every=1)  # the neighbour is under 30 px: detected on every frame
     events = detect_faces(read_frames([MediaSource(video, "crowd.mp4", "video")], options), annotator.detector, options)
     faces = Faces.concat([event.faces for event in track_faces(events, options, annotator.detector.refine)
                           if isinstance(event, FrameBatch)])
@@ -330,7 +327,7 @@ def test_windows_detected_side_by_side_give_the_faces_and_events_of_one_at_a_tim
     sources = [MediaSource(media_dir / "walking-crowd-1080p.mp4", "crowd.mp4", "video"),
                MediaSource(bad, "bad.mp4", "video"),
                MediaSource(media_dir / "group-six-faces.jpg", "group.jpg", "image")]
-    options = RunOptions(max_frames=7, detect_batch=2)  # windows of 2 frames: several in flight
+    options = RunOptions(max_frames=7, detect_every=1, detect_batch=2)  # windows of 2 frames: several in flight
     threads_before = torch.get_num_threads()
 
     seen_threads = []  # torch threads of this thread, where the stages downstream run, at each event
@@ -390,8 +387,9 @@ def test_a_video_read_to_its_end_has_its_last_frame_detected(tmp_path, annotator
 
 
 @pytest.mark.parametrize(("options", "small_face_frames"), [
-    (RunOptions(), [0, 5, 10, 11]),  # every 5th frame, and the last
-    (RunOptions(small_faces_every=1), list(range(12))),
+    (RunOptions(detect_every=1), [0, 5, 10, 11]),  # every 5th frame, and the last
+    (RunOptions(detect_every=1, small_faces_every=1), list(range(12))),
+    (RunOptions(), [0, 5, 10, 11]),  # the CPU defaults: every keyframe (every 5th frame), and the last
     (RunOptions(detect_every=2, small_faces_every=5), [0, 6, 11]),  # every 3rd keyframe: 5 frames rounded up
     (RunOptions(detect_every=5, small_faces_every=5), [0, 5, 10, 11]),  # every keyframe
 ])
@@ -406,12 +404,12 @@ def test_small_faces_are_searched_for_on_every_kth_frame_and_the_last(tmp_path, 
 
 
 def test_a_small_face_is_found_on_a_small_face_frame_and_followed_between_them(media_dir, annotator):
-    """The crowd's first 11 frames at the defaults: faces under 30 px are searched for on frames 0,
-    5 and 10 only, so on the frames between the detector reports none. A face of about 30 px at
+    """The crowd's first 11 frames, the detector on every frame: faces under 30 px are searched for
+    on frames 0, 5 and 10 only, so on the frames between the detector reports none. A face of about 30 px at
     (1328, 661), 29 px on frame 5, still has one track with a row on every frame from 1 to 10:
     detected where it measures 30 px or more, refined by O-Net where the detector leaves it out."""
     source = MediaSource(media_dir / "walking-crowd-1080p.mp4", "crowd.mp4", "video")
-    options = RunOptions(max_frames=11)
+    options = RunOptions(max_frames=11, detect_every=1)
     assert options.small_face_size == 30
     events = detect_faces(read_frames([source], options), annotator.detector, options)
     batches = [event for event in track_faces(events, options, annotator.detector.refine) if isinstance(event, FrameBatch)]

@@ -32,6 +32,9 @@ EXIT_OUTPUT_FAILED = 3  # the output could not be written (disk full, file size 
 EXIT_INTERRUPTED = 130  # the shell's code for a run stopped by Ctrl-C (SIGINT); SIGTERM gives the same
 PRECISION_HELP = ("The encoder's arithmetic: auto (int8 on a CPU when the weights carry int8 encoders, "
                   "else fp32), fp32 or int8 (CPU only).")
+WEIGHTS_HELP = "Checkpoint for the faces of photos (and of videos too, unless --video-weights is given) instead of the shipped photo encoder."
+VIDEO_WEIGHTS_HELP = ("Checkpoint for the faces of videos (default: --weights if given, else the shipped video encoder, "
+                      "trained on crops as a tracker cuts them).")
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -59,7 +62,7 @@ def annotate(
     proposal_threshold: float = typer.Option(defaults.PROPOSAL_THRESHOLD, "--proposal-threshold", help="MTCNN first-stage (P-Net) face probability for a candidate window; higher is faster on large frames and finds fewer hard faces (0.8: 1.2x at 1080p)."),
     min_face_size: int = typer.Option(defaults.MIN_FACE_SIZE, "--min-face-size", min=1, help="Smallest face, in original-frame pixels."),
     detect_scale: float = typer.Option(defaults.DETECT_SCALE, "--detect-scale", help="Resize frames by this before detection (0.5 = 4x fewer pixels)."),
-    detect_every: int = typer.Option(defaults.DETECT_EVERY, "--detect-every", min=1, help="Run the detector on every k-th annotated frame; in between, refine each track's predicted box with O-Net."),
+    detect_every: Optional[int] = typer.Option(None, "--detect-every", min=1, help=f"Run the detector on every k-th annotated frame of a video; in between, refine each track's predicted box with O-Net (default: {defaults.DETECT_EVERY['cpu']} on a CPU, {defaults.DETECT_EVERY['gpu']} on a GPU)."),
     detect_batch: Optional[int] = typer.Option(None, "--detect-batch", min=1, help=f"Video frames per detector call (default: {defaults.DETECT_BATCH['cpu']} on a CPU, {defaults.DETECT_BATCH['gpu']} on a GPU)."),
     small_faces_every: Optional[int] = typer.Option(None, "--small-faces-every", min=1, help=f"Search for new faces under 1.5x --min-face-size only on every k-th annotated frame (rounded up to a detector frame); tracked faces are followed on every frame. 1: on every detector frame (default: {defaults.SMALL_FACES_EVERY['cpu']} on a CPU, {defaults.SMALL_FACES_EVERY['gpu']} on a GPU)."),
     batch_size: int = typer.Option(defaults.BATCH_SIZE, "--batch-size", min=1, help="Face crops per classifier batch."),
@@ -67,7 +70,8 @@ def annotate(
     max_missed: int = typer.Option(defaults.MAX_MISSED, "--max-missed", min=0, help="Detection rounds a track survives without a matching face."),
     temporal: str = typer.Option(defaults.TEMPORAL, "--temporal", help="How a track's frames are combined: bidirectional (look ahead as well as back), causal (only back) or none (each frame alone)."),
     device: str = typer.Option(defaults.DEVICE, "--device", help="auto, cpu or cuda."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint to use instead of the shipped weights."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
+    video_weights: Optional[Path] = typer.Option(None, "--video-weights", help=VIDEO_WEIGHTS_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch, OpenCV and the video decoder (default: the CPUs this process may use); on a CPU, 2 or more also detect windows of frames side by side."),
     precision: str = typer.Option(defaults.PRECISION, "--precision", help=PRECISION_HELP),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write a self-contained HTML report here."),
@@ -94,8 +98,8 @@ def annotate(
     if engine == "ray":
         _annotate_on_ray(
             paths, out, resume, console, quiet, json_summary, report, render, ray_address, workers, segment_seconds,
-            {**run_values, "device": device, "weights": str(weights) if weights else None, "threads": threads,
-             "precision": precision},
+            {**run_values, "device": device, "weights": str(weights) if weights else None,
+             "video_weights": str(video_weights) if video_weights else None, "threads": threads, "precision": precision},
         )
         return
     out = Path(out)
@@ -121,7 +125,7 @@ def annotate(
     if not sources and not unsupported:
         raise _fail("no images or videos found under the given paths", EXIT_NOTHING_PROCESSED)
     try:
-        annotator = Annotator(device=device, weights=weights, threads=threads, precision=precision)
+        annotator = Annotator(device=device, weights=weights, threads=threads, precision=precision, video_weights=video_weights)
     except (FileNotFoundError, ValueError) as error:
         raise _fail(str(error))
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
@@ -336,7 +340,8 @@ def serve(
     work_dir: Path = typer.Option(defaults.SERVE_WORK_DIR, "--work-dir", help="Uploads and results go here, one folder per job."),
     max_upload_mb: float = typer.Option(defaults.SERVE_MAX_UPLOAD_MB, "--max-upload-mb", min=1, help="Largest upload (all files of one request together)."),
     device: str = typer.Option(defaults.DEVICE, "--device", help="auto, cpu or cuda."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint to use instead of the shipped weights."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help=WEIGHTS_HELP),
+    video_weights: Optional[Path] = typer.Option(None, "--video-weights", help=VIDEO_WEIGHTS_HELP),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch, OpenCV and the video decoder."),
     precision: str = typer.Option(defaults.PRECISION, "--precision", help=PRECISION_HELP),
 ) -> None:
@@ -352,7 +357,8 @@ def serve(
     console.print(f"fer serve: open [bold]http://{'localhost' if host in {'127.0.0.1', '::1'} else host}:{port}/[/]"
                   f" (work folder {escape(str(work_dir))}; Ctrl-C stops)")
     run_server(host, port, work_dir=work_dir, max_upload_mb=max_upload_mb,
-               make_annotator=lambda: Annotator(device=device, weights=weights, threads=threads, precision=precision))
+               make_annotator=lambda: Annotator(device=device, weights=weights, threads=threads, precision=precision,
+                                                video_weights=video_weights))
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ x the median absolute deviation, divided by sqrt 2 for one frame of a pair) of t
 centre's shift (as a fraction of the crop), of the log scale and of the angle; and the share
 of frames inside those tracks where the detector found no face (the track has a gap).
 
-    fer annotate ../shared/media --out crowd.parquet     # every frame
+    fer annotate ../shared/media --out crowd.parquet --detect-every 1    # the detector on every frame
     python -m fer_batch.training.jitter crowd.parquet
 """
 
