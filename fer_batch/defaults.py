@@ -23,8 +23,8 @@ MAX_DETECT_SIDE = 4096  # larger frames are shrunk to this longest side for dete
 MAX_IMAGE_PIXELS = 200_000_000  # images declaring more are refused before decoding (decompression bombs)
 # Run the detector on every k-th annotated frame of a video, by the kind of device; on the frames
 # between, each tracked face is refined by O-Net at its predicted box (pipeline.track_faces). On a
-# CPU every 5th: 1.7x the frames/s of every frame on the 1080p crowd clip with every quality target
-# of `make benchmark` held, given the video encoder (VIDEO_WEIGHTS_NAME), whose labels hold when
+# CPU every 5th: 1.85x the frames/s of every frame on the 1080p crowd clip (1.3x at 640x360) with
+# every quality target of `make benchmark` held, given the video encoder (VIDEO_WEIGHTS_NAME), whose labels hold when
 # the crops move a little; the photo encoder's do not (93 % "same emotion" at 1080p). On a GPU
 # detection is cheap and batched: every frame (README "Throughput").
 DETECT_EVERY = {"cpu": 5, "gpu": 1}
