@@ -24,9 +24,9 @@ MAX_IMAGE_PIXELS = 200_000_000  # images declaring more are refused before decod
 # Run the detector on every k-th annotated frame of a video, by the kind of device; on the frames
 # between, each tracked face is refined by O-Net at its predicted box (pipeline.track_faces). On a
 # CPU every 5th: 1.85x the frames/s of every frame on the 1080p crowd clip (1.3x at 640x360) with
-# every quality target of `make benchmark` held, given the video encoder (VIDEO_WEIGHTS_NAME), whose labels hold when
-# the crops move a little; the photo encoder's do not (93 % "same emotion" at 1080p). On a GPU
-# detection is cheap and batched: every frame (README "Throughput").
+# every quality target of `make benchmark` held, given the video encoder (VIDEO_WEIGHTS_NAME),
+# whose labels hold when the crops move a little; the photo encoder's do not (93 % "same emotion"
+# at 1080p). On a GPU detection is cheap and batched: every frame (README "Throughput").
 DETECT_EVERY = {"cpu": 5, "gpu": 1}
 # Frames of one video per detector call, by the kind of device ("cpu" or "gpu"): a CPU runs P-Net
 # one frame at a time anyway; a GPU waits on the host, and larger batches feed it (1.56x / 1.61x
