@@ -120,13 +120,16 @@ def test_nothing_processable_exits_non_zero(tmp_path, shipped_weights):
     assert pd.read_csv(tmp_path / "r.errors.csv").stage.tolist() == ["decode"]
 
 
-def test_bad_weights_file_is_a_clear_usage_error(tmp_path, media_dir):
+@pytest.mark.parametrize("flag", ["--weights", "--video-weights"])
+def test_bad_weights_file_is_a_clear_usage_error(tmp_path, media_dir, flag):
     weights = tmp_path / "weights.pt"
     weights.write_text("not a checkpoint")
-    result = runner.invoke(
-        app, ["annotate", str(media_dir / "group-six-faces.jpg"), "--out", str(tmp_path / "r.csv"), "--weights", str(weights)]
-    )
-    assert result.exit_code == 2 and "weights.pt" in result.output
+    for bad in (weights, tmp_path / "missing.pt"):
+        result = runner.invoke(
+            app, ["annotate", str(media_dir / "group-six-faces.jpg"), "--out", str(tmp_path / "r.csv"), flag, str(bad)]
+        )
+        assert result.exit_code == 2 and bad.name in result.output
+        assert not (tmp_path / "r.csv").exists()
 
 
 def test_a_fifo_named_like_a_video_does_not_hang_the_run(tmp_path, media_dir, shipped_weights):
