@@ -141,6 +141,10 @@ def test_ray_engine_writes_the_local_engines_rows(ray_cluster, inputs, tmp_path,
     assert result.exit_code == 0, result.output
     run = read_run(out)
     assert run.metadata.options["engine"] == "ray" and run.metadata.options["segment_s"] == SEGMENT_S
+    local_metadata = read_run(tmp_path / "local").metadata  # the photo's and the video's encoders, as locally
+    assert (run.metadata.video_weights, run.metadata.video_weights_sha256, run.metadata.video_precision) == (
+        local_metadata.video_weights, local_metadata.video_weights_sha256, local_metadata.video_precision)
+    assert run.metadata.video_weights_sha256 != run.metadata.weights_sha256
     ours = pd.read_parquet(out).sort_values(KEY).reset_index(drop=True)
     theirs = pd.read_parquet(tmp_path / "local").sort_values(KEY).reset_index(drop=True)
     assert len(ours) == len(run.faces) > 100 and local.summary.totals["faces"] == len(theirs)
