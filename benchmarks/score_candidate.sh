@@ -7,6 +7,7 @@
 # refinement move the crops, README "Throughput"). Ends with one table, candidate against shipped.
 #
 #   bash benchmarks/score_candidate.sh runs/kd-wide-rsmix-s46 [OUT]   # OUT default /tmp/score-<run>
+#   SHIPPED=fer_batch/weights/fer-cnn-gru-video.pt bash benchmarks/score_candidate.sh RUN   # beside the video encoder
 #
 # About 15-20 minutes on two cores (none of its figures depends on timing, so a busy machine
 # is only slower). PublicTest chooses here, as everywhere: a candidate that wins is selected on it.
@@ -17,7 +18,7 @@ OUT=${2:-/tmp/score-$NAME}
 DATA=${DATA:-../shared/fer2013}
 PY=${PY:-.venv/bin/python}
 FER=${FER:-.venv/bin/fer}
-SHIPPED=fer_batch/weights/fer-cnn-gru.pt
+SHIPPED=${SHIPPED:-fer_batch/weights/fer-cnn-gru.pt}  # the file the candidate is scored beside (the photo encoder)
 mkdir -p "$OUT"
 [ -f "$RUN/best.pt" ] || { echo "no $RUN/best.pt: the run has not finished an evaluated epoch" >&2; exit 2; }
 
