@@ -29,8 +29,8 @@ echo "== benchmark"
 timeout "${BENCH_SECONDS:-420}" python3 benchmarks/annotate_throughput.py --video "$VIDEO" --device cuda \
   --detect-batches "$BATCHES" 2>&1 | tee "$OUT/annotate-gpu.txt"
 echo "benchmark rc ${PIPESTATUS[0]}"
-echo "== profile: the 640x360 copy at a GPU's defaults, then at a CPU's (4-frame batches, small faces every 5th frame)"
-for changes in "" "--set small_faces_every=5 --set detect_batch=4"; do
+echo "== profile: the 640x360 copy at a GPU's defaults, then at a CPU's (keyframes every 5th frame, 4-keyframe batches)"
+for changes in "" "--set detect_every=5 --set small_faces_every=5 --set detect_batch=4"; do
   timeout "${PROFILE_SECONDS:-150}" python3 benchmarks/profile_annotate.py --video "$VIDEO" --size 640x360 --device cuda \
     --rows 30 $changes 2>&1 | grep -v "^USDT" >> "$OUT/profile-gpu.txt"
 done
