@@ -99,3 +99,16 @@ def test_video_weights_that_read_another_crop_or_other_emotions_are_refused_by_n
         assert result.exit_code == 2, result.output
         assert weights.name in result.output and cause in result.output
         assert not (tmp_path / "out.csv").exists()
+
+
+def test_metadata_written_before_the_video_encoder_still_reads():
+    """Outputs of versions with one checkpoint have no video keys: they read with them empty."""
+    import json
+
+    from fer_batch.results import RunMetadata
+
+    old = {"version": "0.1.0", "weights": "fer-cnn-gru.pt", "weights_sha256": "ab" * 32, "class_names": list(EMOTIONS),
+           "device": "cpu", "options": {"detect_every": 1}, "precision": "int8"}
+    metadata = RunMetadata.from_json(json.dumps(old))
+    assert (metadata.video_weights, metadata.video_weights_sha256, metadata.video_precision) == ("", "", "")
+    assert RunMetadata.from_json(metadata.to_json()) == metadata
