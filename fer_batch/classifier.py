@@ -116,3 +116,13 @@ class SequenceClassifier:
             del self._hidden[key]
         for key in [key for key in self._belief if key[0] == source_number]:
             del self._belief[key]
+
+
+def classifiers_by_media_type(
+    checkpoints: dict[str, Checkpoint], device: torch.device, temporal: str = defaults.TEMPORAL
+) -> dict[str, SequenceClassifier]:
+    """A fresh classifier per media type for one run, shared where one checkpoint serves both."""
+    made: dict[int, SequenceClassifier] = {}
+    for checkpoint in checkpoints.values():
+        made.setdefault(id(checkpoint), SequenceClassifier(checkpoint, device, temporal))
+    return {media_type: made[id(checkpoint)] for media_type, checkpoint in checkpoints.items()}

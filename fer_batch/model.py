@@ -398,6 +398,24 @@ def load_checkpoint(
     )
 
 
+def load_media_checkpoints(
+    weights: str | Path | None, video_weights: str | Path | None, **load: Any
+) -> dict[str, Checkpoint]:
+    """The checkpoint that classifies each media type ("image", "video"; defaults.weights_by_media_type),
+    each distinct file loaded once (`load`: load_checkpoint's options), the pair checked to read
+    the same faces."""
+    from fer_batch.defaults import weights_by_media_type
+
+    loaded: dict[Path, Checkpoint] = {}
+    checkpoints = {}
+    for media_type, path in weights_by_media_type(weights, video_weights).items():
+        if path.resolve() not in loaded:
+            loaded[path.resolve()] = load_checkpoint(path, **load)
+        checkpoints[media_type] = loaded[path.resolve()]
+    check_same_faces(checkpoints["image"], checkpoints["video"])
+    return checkpoints
+
+
 def check_same_faces(photo: Checkpoint, video: Checkpoint) -> None:
     """One run classifies photos and videos with two checkpoints into one table: they must name the
     same emotions in the same order and read the same crop (the crop stage cuts each face once)."""

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from fer_batch import __version__, defaults
-from fer_batch.classifier import SequenceClassifier
+from fer_batch.classifier import SequenceClassifier, classifiers_by_media_type
 from fer_batch.detection import FaceDetector
 from fer_batch.faces import Faces
 from fer_batch.media import (
@@ -39,7 +39,7 @@ from fer_batch.media import (
     iter_video_frames,
     read_image,
 )
-from fer_batch.model import Checkpoint, check_same_faces, load_checkpoint
+from fer_batch.model import Checkpoint, load_media_checkpoints
 from fer_batch.options import ModelOptions, RunOptions, options_document
 from fer_batch.preprocess import Preprocessing, align_face, to_grayscale
 from fer_batch.results import RunMetadata
@@ -582,13 +582,7 @@ class Annotator:
         )
         self.threads = configure_threads(threads)
         self.device = resolve_device(device)
-        loaded: dict[Path, Checkpoint] = {}
-        self.checkpoints: dict[str, Checkpoint] = {}
-        for media_type, path in defaults.weights_by_media_type(weights, video_weights).items():
-            if path.resolve() not in loaded:
-                loaded[path.resolve()] = load_checkpoint(path, precision=precision, device=self.device)
-            self.checkpoints[media_type] = loaded[path.resolve()]
-        check_same_faces(self.checkpoint, self.video_checkpoint)
+        self.checkpoints = load_media_checkpoints(weights, video_weights, precision=precision, device=self.device)
         self.detector = FaceDetector(self.device)
         self.detect_workers, self.detect_threads = detection_workers(self.device, self.threads)
 
@@ -607,10 +601,7 @@ class Annotator:
 
     def classifiers(self, temporal: str = defaults.TEMPORAL) -> dict[str, SequenceClassifier]:
         """A fresh classifier per media type for one run, shared when one checkpoint serves both."""
-        made: dict[int, SequenceClassifier] = {}
-        for checkpoint in self.checkpoints.values():
-            made.setdefault(id(checkpoint), SequenceClassifier(checkpoint, self.device, temporal))
-        return {media_type: made[id(checkpoint)] for media_type, checkpoint in self.checkpoints.items()}
+        return classifiers_by_media_type(self.checkpoints, self.device, temporal)
 
     def detect(self, events: Iterable[Event], options: RunOptions) -> Iterator[Event]:
         """The detection stage (`detect_faces`) with this annotator's detector and its split of the

@@ -313,16 +313,15 @@ class GroupStitcher:
     """A Ray Data actor for one group of units: stitch, classify, and summarise each source."""
 
     def __init__(self, model_options: dict[str, Any], metadata_json: str, temporal: str) -> None:
-        from fer_batch.classifier import SequenceClassifier
-        from fer_batch.model import load_checkpoint
+        from fer_batch.classifier import classifiers_by_media_type
+        from fer_batch.model import load_media_checkpoints
         from fer_batch.runtime import configure_threads, resolve_device
 
         configure_threads(model_options.get("threads"))
         device = resolve_device(model_options.get("device", defaults.DEVICE))
-        paths = defaults.weights_by_media_type(model_options.get("weights"), model_options.get("video_weights"))
         # the GRU and heads only: the encoders ran in the unit workers
-        loaded = {path: SequenceClassifier(load_checkpoint(path), device, temporal) for path in set(paths.values())}
-        self.classifiers = {media_type: loaded[path] for media_type, path in paths.items()}
+        checkpoints = load_media_checkpoints(model_options.get("weights"), model_options.get("video_weights"))
+        self.classifiers = classifiers_by_media_type(checkpoints, device, temporal)
         self.metadata_json = metadata_json
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -386,7 +385,7 @@ def _plan(paths: list[str | Path], options: dict[str, Any], segment_s: float) ->
     import torch
 
     from fer_batch import __version__
-    from fer_batch.model import check_same_faces, load_checkpoint
+    from fer_batch.model import load_media_checkpoints
     from fer_batch.quantize import resolve_precision
     from fer_batch.results import RunMetadata
     from fer_batch.runtime import resolve_device
@@ -394,9 +393,9 @@ def _plan(paths: list[str | Path], options: dict[str, Any], segment_s: float) ->
     model_dict, run_options = split_options(options)
     model_options = ModelOptions(**model_dict)
     sources, unsupported = discover_sources([Path(path) for path in paths], run_options.glob, run_options.exclude)
-    weights = defaults.weights_by_media_type(model_options.weights, model_options.video_weights)
-    checkpoint, video_checkpoint = load_checkpoint(weights["image"]), load_checkpoint(weights["video"])  # for the metadata only
-    check_same_faces(checkpoint, video_checkpoint)  # as the workers will: fail here, before the cluster starts
+    # For the metadata only, and checked as the workers will: a bad pair fails here, before the cluster starts.
+    checkpoints = load_media_checkpoints(model_options.weights, model_options.video_weights)
+    checkpoint, video_checkpoint = checkpoints["image"], checkpoints["video"]
     # The metadata's precision is the workers': cuda means fp32 even on a driver without a GPU;
     # auto is judged as the driver sees it. Resolved, not built: the driver runs no encoder.
     device = torch.device("cuda") if model_options.device.startswith("cuda") else resolve_device(model_options.device)

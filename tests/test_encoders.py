@@ -11,10 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from fer_batch import defaults
+from fer_batch.labels import EMOTIONS
 from fer_batch.model import EmotionNet, checkpoint_payload, load_checkpoint, save_checkpoint
 from fer_batch.preprocess import Preprocessing
-
-EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 
 @pytest.mark.parametrize(
@@ -87,12 +86,11 @@ def test_one_run_classifies_photos_and_videos_each_with_its_own_encoder(photo_an
 def test_video_weights_that_read_another_crop_or_other_emotions_are_refused_by_name(tmp_path, media_dir):
     from fer_batch.cli import app
 
+    config = load_checkpoint(defaults.default_weights_path()).model.config
     other_labels = tmp_path / "other-labels.pt"
-    save_checkpoint(checkpoint_payload(EmotionNet(load_checkpoint(defaults.default_weights_path()).model.config),
-                                       tuple(reversed(EMOTIONS)), Preprocessing()), other_labels)
+    save_checkpoint(checkpoint_payload(EmotionNet(config), tuple(reversed(EMOTIONS)), Preprocessing()), other_labels)
     other_crop = tmp_path / "other-crop.pt"
-    save_checkpoint(checkpoint_payload(EmotionNet(load_checkpoint(defaults.default_weights_path()).model.config),
-                                       EMOTIONS, Preprocessing(crop_size=64)), other_crop)
+    save_checkpoint(checkpoint_payload(EmotionNet(config), EMOTIONS, Preprocessing(crop_size=64)), other_crop)
     for weights, cause in ((other_labels, "predict neutral, surprise"), (other_crop, "different face crop")):
         result = CliRunner().invoke(app, ["annotate", str(media_dir / "group-six-faces.jpg"), "--out", str(tmp_path / "out.csv"),
                                           "--video-weights", str(weights), "--quiet"])
