@@ -29,14 +29,20 @@ MAX_IMAGE_PIXELS = 200_000_000  # images declaring more are refused before decod
 # at 1080p). On a GPU detection is cheap and batched: every frame (README "Throughput").
 DETECT_EVERY = {"cpu": 5, "gpu": 1}
 # Frames of one video per detector call, by the kind of device ("cpu" or "gpu"): a CPU runs P-Net
-# one frame at a time anyway; a GPU waits on the host, and larger batches feed it (1.56x / 1.61x
-# the frames/s at 32 than at 4 on an H200, 1080p / 640x360, README "On a GPU").
-DETECT_BATCH = {"cpu": 4, "gpu": 32}
+# one frame at a time anyway, and a window of two 1080p keyframes took 234-245 ms a frame against
+# 271-311 for windows of one or four (one thread, nineteenth session; 11,000 page faults a frame
+# against 30,000-37,000), 1.06-1.21x the frames/s end to end at 1080p, level at 640x360; a GPU
+# waits on the host, and larger batches feed it (1.56x / 1.61x the frames/s at 32 than at 4 on an
+# H200, 1080p / 640x360, README "On a GPU").
+DETECT_BATCH = {"cpu": 2, "gpu": 32}
 # The detector searches for faces smaller than SMALL_FACE_FACTOR x MIN_FACE_SIZE (30 px) only on
 # every SMALL_FACES_EVERY-th annotated frame (rounded up to a detector frame), and on a video's
 # last: the pyramid levels that find them are three quarters of P-Net's work on a CPU. Faces
 # already tracked are refined on every frame whatever their size (pipeline.track_faces), so a
-# small face keeps its rows; a new one is found within SMALL_FACES_EVERY frames. On a GPU those
+# small face keeps its rows; a new one is found within SMALL_FACES_EVERY frames and followed back
+# from there (TRACE_BACK_BYTES). On a CPU every 5th (every 10th, every other keyframe, was 1.2x the
+# frames/s and held the benchmark's quality columns, but a woman's track then followed her head as
+# she turned away onto a passer-by's face, nineteenth session, README "Throughput"). On a GPU those
 # levels cost little and the schedule cost time (1.36x / 1.52x the frames/s with every frame
 # searched at every size, H200): there every detector frame is. The two GPU values were measured
 # one at a time, not together (README "On a GPU").
@@ -53,6 +59,11 @@ REFINE_THRESHOLD = 0.5
 REFINE_SEARCH_BELOW = 0.9
 
 # Tracking
+# A new track (a keyframe's face that no track followed) is followed backwards over the frames
+# before its keyframe while O-Net scores it at least TRACE_THRESHOLD (or --threshold, if lower),
+# over at most TRACE_BACK_BYTES of decoded frames held back for it (1080p: 21 frames).
+TRACE_THRESHOLD = 0.5
+TRACE_BACK_BYTES = 128 * 2**20
 TRACK_IOU = 0.3  # minimum overlap between a predicted track box and a detection
 MAX_MISSED = 5  # detection rounds a track survives without a matching face
 

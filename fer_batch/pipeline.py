@@ -291,7 +291,8 @@ def detect_faces(
 Refiner = Callable[[Frame, np.ndarray, str, str], Faces]
 
 
-def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -> Iterator[Event]:
+def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
+                trace_back_bytes: int = defaults.TRACE_BACK_BYTES) -> Iterator[Event]:
     """Give every face a track id: per video an IoU tracker; on frames between detector keyframes
     `refine` (MTCNN's last stage) turns each live track's predicted box into a real box, landmarks
     and score, and tracks that score under `defaults.REFINE_THRESHOLD` (or `threshold`, if lower)
@@ -300,13 +301,19 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -
     score dips under `threshold` for a frame keeps its row. In an image each face is its
     own track, numbered left to right.
 
-    A face that the next keyframe of the same detector window finds, and no track follows, is
-    looked for on the frames before it (a batch tool has them): where O-Net, at the keyframe's
-    box, scores it at `threshold` or more, its track starts there instead of at the keyframe.
+    A face that a keyframe finds and no track follows starts a track there, and the track is
+    followed backwards too (a batch tool has the frames before): over the frames before the
+    keyframe, newest first, while O-Net scores the face `defaults.TRACE_THRESHOLD` or more (or
+    `threshold`, if lower) and it is not on a face the frame already has. For that, each video's
+    tracked batches are held back (with their frames) until the frames of the batches after them
+    pass `trace_back_bytes` (memory bounded, not by the video's length). So a face that walks in
+    between two keyframes, or that the detector finds only once it is large enough (a person who
+    walks towards the camera), is tracked from where O-Net first sees it.
     """
     tracker = IoUTracker(options.track_iou, options.max_missed)
 
     refine_threshold = min(options.threshold, defaults.REFINE_THRESHOLD)
+    trace_threshold = min(options.threshold, defaults.TRACE_THRESHOLD)
 
     previous_frame: int | None = None  # the video's last annotated frame before the one being tracked
 
@@ -343,50 +350,87 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner) -
         both = Faces.concat([faces, recovered])
         return both.select(np.argsort(both.track_id, kind="stable"))
 
-    def early_faces(frame: Frame, upcoming: Faces, upcoming_index: int, present: Faces, source: MediaSource) -> Faces:
-        """Faces of the next keyframe that no track follows, found already on `frame` (and not on
-        a face `present` there): new tracks."""
-        _, predicted = tracker.predictions(upcoming_index)
-        boxes = upcoming.boxes.astype(np.float64)
-        followed = np.zeros(len(boxes), bool)
-        if len(predicted):
-            followed = box_iou(boxes, predicted).max(axis=1) >= options.track_iou
-        if followed.all():
-            return Faces.empty(source.relative, source.media_type)
-        found = refine(frame, boxes[~followed], source.relative, source.media_type)
-        new = found.det_score >= options.threshold
-        if len(present):
-            new &= box_iou(found.boxes.astype(np.float64), present.boxes.astype(np.float64)).max(axis=1) < 0.5
-        return tracker.start_tracks(frame.index, found.select(new))
+    held: deque[tuple[FrameBatch, list[Faces]]] = deque()  # tracked video batches not yet passed on, and their faces by frame
+    held_bytes = 0
 
-    def track(batch: FrameBatch) -> FrameBatch:
+    def traced_back(new: Faces, earlier: list[tuple[Frame, list[Faces], int]], source: MediaSource) -> None:
+        """Follow the faces of new tracks (a keyframe's detections that no track followed)
+        backwards over `earlier` frames, newest first (each with the list and position of its
+        faces), as tracks are followed forwards: O-Net refines each face at its box on the frame
+        after, moved back at the face's own velocity, and the face is there while it scores
+        `trace_threshold` and is not on a face that frame already has. Its rows join that
+        frame's faces under the new track's id."""
+        boxes, track_ids = new.boxes.astype(np.float64), new.track_id
+        velocity = np.zeros_like(boxes)
+        for frame, faces_of, position in earlier:
+            if not len(track_ids):
+                return
+            shift = np.tile((velocity[:, :2] + velocity[:, 2:]) / 2, 2)
+            found = refine(frame, boxes - shift, source.relative, source.media_type).replace(track_id=track_ids)
+            keep = found.det_score >= trace_threshold
+            present = faces_of[position]
+            found_boxes = found.boxes.astype(np.float64)
+            if len(present):
+                keep &= box_iou(found_boxes, present.boxes.astype(np.float64)).max(axis=1) < options.track_iou
+            overlaps = np.triu(box_iou(found_boxes, found_boxes), k=1)  # two new tracks on one face: the stronger goes on
+            for first, second in zip(*np.nonzero(overlaps >= options.track_iou)):
+                if keep[first] and keep[second]:
+                    keep[first if found.det_score[first] < found.det_score[second] else second] = False
+            velocity = (0.5 * velocity + 0.5 * (boxes - found_boxes))[keep]
+            boxes, track_ids, found = found_boxes[keep], track_ids[keep], found.select(keep)
+            if len(found):
+                both = Faces.concat([present, found])
+                faces_of[position] = both.select(np.argsort(both.track_id, kind="stable"))
+
+    def track(batch: FrameBatch) -> tuple[FrameBatch, list[Faces]]:
         nonlocal previous_frame
         detections = batch.faces
-        if batch.run.source.media_type == "image":
-            return replace(batch, faces=detections.replace(track_id=np.arange(1, len(detections) + 1, dtype=np.int32)))
-        per_frame = []
-        keyframes = [frame.index for frame, detected in zip(batch.frames, batch.detect) if detected]
-        for frame, detected in zip(batch.frames, batch.detect):
+        per_frame: list[Faces] = []
+        for position, (frame, detected) in enumerate(zip(batch.frames, batch.detect)):
             if detected:
+                first_new_id = tracker.next_id
                 faces = keyframe_faces(frame, detections.select(detections.frame_index == frame.index), batch.run.source)
+                new = faces.select(faces.track_id >= first_new_id)
+                if len(new):  # newest first: this batch's frames before the keyframe, then the held batches'
+                    earlier = [(batch.frames[index], per_frame, index) for index in range(position - 1, -1, -1)]
+                    earlier += [(held_batch.frames[index], faces_of, index) for held_batch, faces_of in reversed(held)
+                                for index in range(len(held_batch.frames) - 1, -1, -1)]
+                    traced_back(new, earlier, batch.run.source)
             else:
                 faces = refined_faces(frame, batch.run.source)
-                upcoming = next((index for index in keyframes if index > frame.index), None)
-                if upcoming is not None:
-                    early = early_faces(frame, detections.select(detections.frame_index == upcoming), upcoming, faces,
-                                        batch.run.source)
-                    faces = Faces.concat([faces, early]) if len(early) else faces
             per_frame.append(faces)
             previous_frame = frame.index
+        return batch, per_frame
+
+    def passed_on(batch: FrameBatch, per_frame: list[Faces]) -> FrameBatch:
         return replace(batch, faces=Faces.concat(per_frame))
 
+    def release(keep_bytes: int) -> Iterator[FrameBatch]:
+        """The held batches, oldest first, until those left hold at most `keep_bytes` of frames."""
+        nonlocal held_bytes
+        while held and (held_bytes > keep_bytes or held[0][0].run.failed):
+            batch, per_frame = held.popleft()
+            held_bytes -= sum(frame.rgb.nbytes for frame in batch.frames)
+            if not batch.run.failed:
+                yield passed_on(batch, per_frame)
+
     for event in events:
+        if isinstance(event, FrameBatch):
+            if event.run.failed:
+                continue
+            if event.run.source.media_type == "image":
+                faces = event.faces
+                yield replace(event, faces=faces.replace(track_id=np.arange(1, len(faces) + 1, dtype=np.int32)))
+                continue
+            tracked = _guarded(event, "track", track)
+            if tracked is not None:
+                held.append(tracked)
+                held_bytes += sum(frame.rgb.nbytes for frame in event.frames)
+            yield from release(trace_back_bytes)
+            continue
+        yield from release(0)  # a source's end, or the next source's start
         if isinstance(event, SourceStarted):
             tracker, previous_frame = IoUTracker(options.track_iou, options.max_missed), None
-        if isinstance(event, FrameBatch):
-            event = _guarded(event, "track", track)
-            if event is None:
-                continue
         yield event
 
 

@@ -98,14 +98,10 @@ class IoUTracker:
         order = np.argsort(track_ids, kind="stable")
         return frame.select(order).replace(track_id=track_ids[order])
 
-    def start_tracks(self, frame_index: int, frame: Faces) -> Faces:
-        """New tracks for faces known to be no live track's (found ahead of a keyframe); returns
-        them with their new track ids."""
-        track_ids = [
-            self._start(frame.boxes[row].astype(np.float64), frame.landmarks[row], float(frame.det_score[row]), frame_index).track_id
-            for row in range(len(frame))
-        ]
-        return frame.replace(track_id=np.array(track_ids, np.int32))
+    @property
+    def next_id(self) -> int:
+        """The id the next new track gets: tracks numbered from it on are newer than this moment."""
+        return self._next_id
 
     def _start(self, box: np.ndarray, landmarks: np.ndarray, score: float, frame_index: int) -> _Track:
         """A new track, still, at `box`, under the next id."""

@@ -94,15 +94,17 @@ def test_jitter_of_the_shared_crowd_is_what_the_realistic_clips_use():
     tracks miss no more frames, in no longer gaps, than the realistic clips do. The defaults were
     measured with the detector on every frame (scale jitter 0.025); since the CPU default refines
     tracks between keyframes (`--detect-every 5`), whose boxes keep their size, the scale jitters
-    less (0.019), so for it the clips are an upper bound."""
+    less (0.019), so for it the clips are an upper bound. So are the clips' missed frames (measured
+    on every frame, 3.8 % in runs of up to 4): since tracks are also followed backwards (nineteenth
+    session), no track of the golden run has a gap."""
     measured = alignment_jitter(pd.read_parquet(GOLDEN))
     realism = Realism()
     assert measured["tracks"] >= 8
     assert measured["shift_std"] == pytest.approx(realism.shift_std, rel=0.1)
     assert 0.5 * realism.log_scale_std <= measured["log_scale_std"] <= 1.1 * realism.log_scale_std
     assert measured["angle_std_deg"] == pytest.approx(realism.angle_std_deg, rel=0.1)
-    assert 0 < measured["missed_frame_share"] <= realism.missed_frame_share
-    assert 1 <= measured["max_missed_run"] <= realism.max_missed_run
+    assert 0 <= measured["missed_frame_share"] <= realism.missed_frame_share
+    assert 0 <= measured["max_missed_run"] <= realism.max_missed_run
 
 
 def test_missed_frames_are_as_common_as_in_the_crowd_tracks(publictest):

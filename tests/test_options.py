@@ -76,7 +76,7 @@ def test_keyframes_detector_batching_and_the_small_face_schedule_default_by_devi
         unset.small_face_period  # noqa: B018 - the property raises
     on_cpu, on_gpu = unset.for_device("cpu"), unset.for_device("cuda:1")
     assert (on_cpu.detect_every, on_cpu.detect_batch, on_cpu.small_faces_every) == (
-        defaults.DETECT_EVERY["cpu"], defaults.DETECT_BATCH["cpu"], defaults.SMALL_FACES_EVERY["cpu"]) == (5, 4, 5)
+        defaults.DETECT_EVERY["cpu"], defaults.DETECT_BATCH["cpu"], defaults.SMALL_FACES_EVERY["cpu"]) == (5, 2, 5)
     assert (on_gpu.detect_every, on_gpu.detect_batch, on_gpu.small_faces_every) == (
         defaults.DETECT_EVERY["gpu"], defaults.DETECT_BATCH["gpu"], defaults.SMALL_FACES_EVERY["gpu"]) == (1, 32, 1)
     given = RunOptions(detect_every=3, detect_batch=2, small_faces_every=3)
@@ -84,7 +84,7 @@ def test_keyframes_detector_batching_and_the_small_face_schedule_default_by_devi
     run = annotator.run([media_dir / "group-six-faces.jpg"])
     list(run)
     options = run.metadata().options
-    assert (options["detect_every"], options["detect_batch"], options["small_faces_every"]) == (5, 4, 5)  # what ran, not None
+    assert (options["detect_every"], options["detect_batch"], options["small_faces_every"]) == (5, 2, 5)  # what ran, not None
 
 
 def test_an_annotator_runs_with_other_run_options_but_refuses_other_model_options(media_dir, annotator):

@@ -217,33 +217,93 @@ def test_refinement_between_keyframes_keeps_ids_and_boxes_on_the_crowd(media_dir
     assert len({a for a, _ in id_pairs}) == len({b for _, b in id_pairs}) == len(id_pairs)
 
 
-def test_a_face_the_next_keyframe_finds_is_tracked_from_the_frames_before_it(media_dir, annotator):
-    """The crowd's frames 0-19 in one detector window (keyframes 0, 5, 10, 15): faces that a keyframe
-    finds and no track followed are looked for on the frames before it. Such tracks start between
-    keyframes, on a real face (the detector on every frame has it there), scored at the threshold."""
+def _tracked(annotator, source: MediaSource, options: RunOptions, **track_options) -> Faces:
+    """Detect and track `source` alone (the stages before the crops)."""
+    events = detect_faces(read_frames([source], options), annotator.detector, options)
+    tracked = track_faces(events, options, annotator.detector.refine, **track_options)
+    return Faces.concat([event.faces for event in tracked if isinstance(event, FrameBatch)])
+
+
+def _traced_rows(faces: Faces) -> dict[int, np.ndarray]:
+    """Per track whose rows begin before its first detection: those earlier rows."""
+    traced = {}
+    for track in np.unique(faces.track_id):
+        rows = np.flatnonzero(faces.track_id == track)
+        detected = faces.frame_index[rows][faces.detected[rows]]
+        if len(detected) and faces.frame_index[rows].min() < detected.min():
+            traced[int(track)] = rows[faces.frame_index[rows] < detected.min()]
+    return traced
+
+
+def _detector_overlaps(annotator, source: MediaSource, faces: Faces, rows: np.ndarray) -> np.ndarray:
+    """Per row, its box's best overlap (IoU) with the faces that the detector finds on its frame at
+    the reference's threshold (0.7, the fer package's)."""
     from fer_batch.tracking import box_iou
 
+    wanted = set(faces.frame_index[rows].tolist())
+    frames = [frame for event in read_frames([source], RunOptions(max_frames=max(wanted) + 1))
+              if isinstance(event, FrameBatch) for frame in event.frames if frame.index in wanted]
+    found = annotator.detector.detect(frames, source.relative, "video", threshold=0.7)
+    return np.array([
+        box_iou(faces.boxes[row : row + 1].astype(float), found.boxes[found.frame_index == faces.frame_index[row]].astype(float)).max(initial=0)
+        for row in rows
+    ])
+
+
+def test_a_face_a_keyframe_finds_is_followed_back_over_the_frames_before_it(media_dir, annotator):
+    """The crowd's frames 0-19 (keyframes 0, 5, 10, 15): a person who walks in after frame 0 is
+    first found at keyframe 5; the track starts there and is followed back to where O-Net first
+    sees the face: rows before the keyframe, on a real face, scored at the trace threshold."""
+    from fer_batch import defaults
+
     source = MediaSource(media_dir / "walking-crowd-1080p.mp4", "crowd.mp4", "video")
+    faces = _tracked(annotator, source, RunOptions(max_frames=20, detect_every=5, detect_batch=4, small_faces_every=1))
+    traced = _traced_rows(faces)
+    assert traced, "no track followed back from its first keyframe"
+    rows = np.concatenate(list(traced.values()))
+    assert not faces.detected[rows].any() and (faces.det_score[rows] >= defaults.TRACE_THRESHOLD).all()
+    assert (_detector_overlaps(annotator, source, faces, rows) >= 0.5).all()
 
-    def faces_of(detect_every: int) -> Faces:
-        options = RunOptions(max_frames=20, detect_every=detect_every, detect_batch=4, small_faces_every=1)
-        events = detect_faces(read_frames([source], options), annotator.detector, options)
-        tracked = track_faces(events, options, annotator.detector.refine)
-        return Faces.concat([event.faces for event in tracked if isinstance(event, FrameBatch)])
 
-    every, keyframed = faces_of(1), faces_of(5)
-    early_starts = []
-    for track in np.unique(keyframed.track_id):
-        rows = np.flatnonzero(keyframed.track_id == track)
-        first = rows[np.argmin(keyframed.frame_index[rows])]
-        if not keyframed.detected[first] and keyframed.frame_index[first] > 0:
-            early_starts.append(first)
-    assert early_starts, "no track started ahead of its keyframe on frames where new faces enter"
-    for row in early_starts:
-        frame = keyframed.frame_index[row]
-        assert frame % 5 != 0 and keyframed.det_score[row] >= RunOptions().threshold
-        reference = every.select(every.frame_index == frame)
-        assert box_iou(keyframed.boxes[row : row + 1].astype(float), reference.boxes.astype(float)).max() >= 0.5
+def test_tracks_are_followed_back_into_the_batches_held_before_them(tmp_path, media_dir, annotator):
+    """The crowd clip played backwards (its frames 104-45; people walk away from the camera, so
+    faces start small and are found late), one keyframe per detector window (windows of five
+    frames): a track is followed back over several windows held for it, on real faces; held
+    back nothing (trace_back_bytes 0), no track reaches past its own window.
+
+    "On real faces": the traced rows of a track form one path (each box overlaps the next, IoU
+    >= 0.5), and the detector at the reference's threshold has a face there on most of its frames
+    (a 25-35 px face: the detector's own answer comes and goes, which is why tracks carry it)."""
+    from fer_batch.tracking import box_iou
+
+    import cv2
+
+    capture, frames = cv2.VideoCapture(str(media_dir / "walking-crowd-1080p.mp4")), []
+    while (read := capture.read())[0]:
+        frames.append(read[1])
+    capture.release()
+    path = tmp_path / "backwards.avi"  # lossless, so the frames are the clip's own
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 25.0, frames[0].shape[1::-1])
+    for bgr in frames[:44:-1]:
+        writer.write(bgr)
+    writer.release()
+    source = MediaSource(path, "backwards.avi", "video")
+    options = RunOptions(detect_every=5, detect_batch=1, small_faces_every=1)
+
+    held, not_held = _tracked(annotator, source, options), _tracked(annotator, source, options, trace_back_bytes=0)
+    reach = {track: int(held.frame_index[held.detected & (held.track_id == track)].min() - held.frame_index[rows].min())
+             for track, rows in _traced_rows(held).items()}
+    far = [track for track, frames_back in reach.items() if frames_back >= 2 * options.detect_every]
+    assert far, f"no track followed back past the window before its first detection: {reach}"
+    for track in far:
+        rows = _traced_rows(held)[track]
+        rows = rows[np.argsort(held.frame_index[rows])]
+        assert (np.diff(held.frame_index[rows]) == 1).all()
+        boxes = held.boxes[rows].astype(float)
+        assert all(box_iou(boxes[index : index + 1], boxes[index + 1 : index + 2])[0, 0] >= 0.5 for index in range(len(rows) - 1))
+        assert np.mean(_detector_overlaps(annotator, source, held, rows) >= 0.5) >= 0.5
+    assert all(len(rows) < options.detect_every for rows in _traced_rows(not_held).values())
+    assert len(held) > len(not_held)
 
 
 def test_a_face_the_keyframe_detector_misses_keeps_its_track_and_row(media_dir, annotator):
