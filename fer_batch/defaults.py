@@ -31,7 +31,7 @@ DETECT_EVERY = {"cpu": 5, "gpu": 1}
 # Frames of one video per detector call, by the kind of device ("cpu" or "gpu"): a CPU runs P-Net
 # one frame at a time anyway, and a window of two 1080p keyframes took 234-245 ms a frame against
 # 271-311 for windows of one or four (one thread, nineteenth session; 11,000 page faults a frame
-# against 30,000-37,000), 1.06-1.21x the frames/s end to end at 1080p, level at 640x360; a GPU
+# against 30,000-37,000), 1.01-1.21x the frames/s end to end at 1080p, level at 640x360; a GPU
 # waits on the host, and larger batches feed it (1.56x / 1.61x the frames/s at 32 than at 4 on an
 # H200, 1080p / 640x360, README "On a GPU").
 DETECT_BATCH = {"cpu": 2, "gpu": 32}

@@ -274,9 +274,9 @@ def test_tracks_are_followed_back_into_the_batches_held_before_them(tmp_path, me
     "On real faces": the traced rows of a track form one path (each box overlaps the next, IoU
     >= 0.5), and the detector at the reference's threshold has a face there on most of its frames
     (a 25-35 px face: the detector's own answer comes and goes, which is why tracks carry it)."""
-    from fer_batch.tracking import box_iou
-
     import cv2
+
+    from fer_batch.tracking import box_iou
 
     capture, frames = cv2.VideoCapture(str(media_dir / "walking-crowd-1080p.mp4")), []
     while (read := capture.read())[0]:
