@@ -174,8 +174,8 @@ def annotate(annotator: Annotator, video: Path, options: RunOptions) -> Result:
     return Result(seconds, int(summary.sources.frames_annotated.sum()), boxes, emotions, len(summary.tracks))
 
 
-def recall(found: Result, truth: Result, low: float, high: float) -> tuple[float, int]:
-    """Share of the truth's faces with a height in [low, high) that `found` has (IoU >= 0.5)."""
+def recall_counts(found: Result, truth: Result, low: float, high: float) -> tuple[int, int]:
+    """(found, total): the truth's faces with a height in [low, high), and how many `found` has (IoU >= 0.5)."""
     hits, total = 0, 0
     for index, expected in truth.boxes.items():
         heights = expected[:, 3] - expected[:, 1]
@@ -184,11 +184,17 @@ def recall(found: Result, truth: Result, low: float, high: float) -> tuple[float
         got = found.boxes.get(index, np.zeros((0, 4)))
         if wanted.any() and len(got):
             hits += int((box_iou(expected[wanted], got).max(axis=1) >= 0.5).sum())
+    return hits, total
+
+
+def recall(found: Result, truth: Result, low: float, high: float) -> tuple[float, int]:
+    """Share of the truth's faces with a height in [low, high) that `found` has (IoU >= 0.5)."""
+    hits, total = recall_counts(found, truth, low, high)
     return (hits / total if total else float("nan")), total
 
 
-def agreement(found: Result, full: Result) -> float:
-    """Share of the full path's faces found here (IoU >= 0.5) that get the same emotion."""
+def agreement_counts(found: Result, full: Result) -> tuple[int, int]:
+    """(same, matched): the full path's faces found here (IoU >= 0.5), and how many get the same emotion."""
     same, matched = 0, 0
     for index, expected in full.boxes.items():
         got = found.boxes.get(index)
@@ -198,6 +204,12 @@ def agreement(found: Result, full: Result) -> float:
         for row in np.flatnonzero(overlaps.max(axis=1) >= 0.5):
             matched += 1
             same += int(full.emotions[index][row] == found.emotions[index][overlaps[row].argmax()])
+    return same, matched
+
+
+def agreement(found: Result, full: Result) -> float:
+    """Share of the full path's faces found here (IoU >= 0.5) that get the same emotion."""
+    same, matched = agreement_counts(found, full)
     return same / matched if matched else float("nan")
 
 

@@ -27,10 +27,11 @@ import fer_batch  # noqa: F401 - before torch, as in `fer`
 import cv2
 import numpy as np
 
-from annotate_throughput import DEFAULT_VIDEO, FULL_DETECTION, Result, annotate, read_frames, reference
+from annotate_throughput import (
+    DEFAULT_VIDEO, FULL_DETECTION, Result, agreement_counts, annotate, read_frames, recall_counts, reference,
+)
 from fer_batch.options import RunOptions
 from fer_batch.pipeline import Annotator
-from fer_batch.tracking import box_iou
 
 COPIES = ("as shot", "mirrored", "backwards", "mirrored, backwards")
 
@@ -56,24 +57,11 @@ def write_copies(frames: list[np.ndarray], size: tuple[int, int] | None, folder:
 
 def counts(found: Result, truth: Result, full: Result) -> np.ndarray:
     """[faces >= 40 px, of them found, faces 20-40 px, of them found, faces matched with the full
-    path, of them with its emotion] (IoU >= 0.5, as annotate_throughput.py counts them)."""
-    tally = np.zeros(6, np.int64)
-    for index, expected in truth.boxes.items():
-        heights = expected[:, 3] - expected[:, 1]
-        got = found.boxes.get(index, np.zeros((0, 4)))
-        for slot, wanted in ((0, heights >= 40), (2, (heights >= 20) & (heights < 40))):
-            tally[slot] += int(wanted.sum())
-            if wanted.any() and len(got):
-                tally[slot + 1] += int((box_iou(expected[wanted], got).max(axis=1) >= 0.5).sum())
-    for index, expected in full.boxes.items():
-        got = found.boxes.get(index)
-        if got is None or not len(got) or not len(expected):
-            continue
-        overlaps = box_iou(expected, got)
-        for row in np.flatnonzero(overlaps.max(axis=1) >= 0.5):
-            tally[4] += 1
-            tally[5] += int(full.emotions[index][row] == found.emotions[index][overlaps[row].argmax()])
-    return tally
+    path, of them with its emotion], counted as annotate_throughput.py counts them."""
+    large_hits, large = recall_counts(found, truth, 40, float("inf"))
+    small_hits, small = recall_counts(found, truth, 20, 40)
+    same, matched = agreement_counts(found, full)
+    return np.array([large, large_hits, small, small_hits, matched, same], np.int64)
 
 
 def main() -> None:
