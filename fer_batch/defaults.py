@@ -17,6 +17,16 @@ THRESHOLD = 0.90  # final-stage (ONet) face probability
 # crowd clip, 1.06-1.12x at 640x360, in three `make benchmark` runs) and finds fewer hard faces:
 # 512 instead of 531 of 600 PublicTest faces enlarged 3x (README "Throughput").
 PROPOSAL_THRESHOLD = 0.6
+# A video keyframe's detector also reports the faces its O-Net scores from CANDIDATE_THRESHOLD
+# (MTCNN's own final threshold, the fer package's) up to --threshold: one that no track follows is
+# refined as a tracked face is (two O-Net passes, the shift search) and starts a track if it then
+# scores CANDIDATE_CONFIRM (or --threshold, if higher): a face the detector doubted needs more
+# evidence than one it found (pipeline.track_faces). O-Net at the detector's one box scores some
+# small faces under 0.9 for dozens of frames where refinement gives them 0.95-1.0. On the crowd
+# clip's copies (benchmarks/quality_copies.py), confirming at 0.9 started short tracks on a red
+# sleeve and a collar, over and over with the detector on every frame (README "Throughput").
+CANDIDATE_THRESHOLD = 0.7
+CANDIDATE_CONFIRM = 0.95
 MIN_FACE_SIZE = 20  # pixels of the original frame
 DETECT_SCALE = 1.0  # frames are resized by this before detection
 MAX_DETECT_SIDE = 4096  # larger frames are shrunk to this longest side for detection (bounded memory)
@@ -42,7 +52,9 @@ DETECT_BATCH = {"cpu": 2, "gpu": 32}
 # small face keeps its rows; a new one is found within SMALL_FACES_EVERY frames and followed back
 # from there (TRACE_BACK_BYTES). On a CPU every 5th (every 10th, every other keyframe, was 1.2x the
 # frames/s and held the benchmark's quality columns, but a woman's track then followed her head as
-# she turned away onto a passer-by's face, nineteenth session, README "Throughput"). On a GPU those
+# she turned away onto a passer-by's face, nineteenth session; with MAX_REFINED_GROWTH it no longer
+# does, but over the crowd clip's copies it finds fewer small faces than every 5th and follows the
+# 640x360 clip in fewer tracks, twentieth session; README "Throughput"). On a GPU those
 # levels cost little and the schedule cost time (1.36x / 1.52x the frames/s with every frame
 # searched at every size, H200): there every detector frame is. The two GPU values were measured
 # one at a time, not together (README "On a GPU").
@@ -65,6 +77,12 @@ REFINE_SEARCH_BELOW = 0.9
 TRACE_THRESHOLD = 0.5
 TRACE_BACK_BYTES = 128 * 2**20
 TRACK_IOU = 0.3  # minimum overlap between a predicted track box and a detection
+# A refined box (between keyframes, on a keyframe that missed the track, or followed back) whose
+# size (square root of its area) is more than this times that of the track's last confident face
+# (its last detection, or a refined box scoring --threshold) is not the track's face: O-Net has
+# drifted onto a turned head, hair or a nearer face passing by (a woman who turns away in the crowd
+# clip: 1.4x within three frames at scores of 0.6-0.8, then 2.3x on a passer-by's face at 1.0).
+MAX_REFINED_GROWTH = 1.4
 MAX_MISSED = 5  # detection rounds a track survives without a matching face
 
 # Temporal stage (fer_batch.temporal): bidirectional, causal or none; the backward pass of

@@ -46,7 +46,7 @@ from fer_batch.results import RunMetadata
 from fer_batch.runtime import configure_threads, detection_workers, downstream_threads, resolve_device
 from fer_batch.statistics import ErrorRecord, RunStatistics, RunSummary
 from fer_batch.temporal import backward_for, look_ahead_end, smooth
-from fer_batch.tracking import IoUTracker, box_iou
+from fer_batch.tracking import IoUTracker, box_iou, box_sizes
 
 
 # -- events ---------------------------------------------------------------------------
@@ -87,6 +87,9 @@ class FrameBatch:
     detect: list[bool] = field(default_factory=list)  # per frame: does the detector see it
     small_faces: list[bool] = field(default_factory=list)  # per frame: does the detector search it down to min_face_size
     faces: Faces | None = None
+    # A video's keyframe faces that the detector scored from CANDIDATE_THRESHOLD up to `threshold`:
+    # the track stage confirms them by refinement or drops them, and passes batches on without them
+    candidates: Faces | None = None
 
 
 @dataclass
@@ -201,21 +204,28 @@ def detect_faces(
     )
 
     def detect(batch: FrameBatch) -> FrameBatch:
+        """The batch with its detections; a video's also with its candidates (`FrameBatch.candidates`)."""
         source = batch.run.source
+        video = source.media_type == "video"
+        lowest = min(options.threshold, defaults.CANDIDATE_THRESHOLD) if video else options.threshold
         parts = []
         for small_faces, min_face_size in ((True, options.min_face_size), (False, options.small_face_size)):
             chosen = [frame for frame, flag, small in zip(batch.frames, batch.detect, batch.small_faces)
                       if flag and small == small_faces]
             if chosen:
                 parts.append(detector.detect(
-                    chosen, source.relative, source.media_type, threshold=options.threshold,
+                    chosen, source.relative, source.media_type, threshold=lowest,
                     min_face_size=min_face_size, detect_scale=options.detect_scale,
                     proposal_threshold=options.proposal_threshold,
                 ))
         if not parts:
             return replace(batch, faces=Faces.empty(source.relative, source.media_type))
         faces = Faces.concat(parts)
-        return replace(batch, faces=faces.select(np.argsort(faces.frame_index, kind="stable")))
+        faces = faces.select(np.argsort(faces.frame_index, kind="stable"))
+        if not video:
+            return replace(batch, faces=faces)
+        strong = faces.det_score >= options.threshold
+        return replace(batch, faces=faces.select(strong), candidates=faces.select(~strong))
 
     def flush() -> None:
         """Send the window to the detector: at once, or to a worker."""
@@ -296,7 +306,10 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
     """Give every face a track id: per video an IoU tracker; on frames between detector keyframes
     `refine` (MTCNN's last stage) turns each live track's predicted box into a real box, landmarks
     and score, and tracks that score under `defaults.REFINE_THRESHOLD` (or `threshold`, if lower)
-    miss; a track that had no face on the previous frame needs `threshold` to come back. On a
+    miss; a track that had no face on the previous frame needs `threshold` to come back; a refined
+    box larger than `defaults.MAX_REFINED_GROWTH` times the track's last confident face (a detection,
+    or a refined box scoring `threshold`) is not its face (O-Net drifted onto a turned head or a
+    passer-by) and the track misses. On a
     keyframe the tracks the detector missed are refined the same way, so a face whose detector
     score dips under `threshold` for a frame keeps its row. In an image each face is its
     own track, numbered left to right.
@@ -304,13 +317,19 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
     A face that a keyframe finds and no track follows starts a track there, and the track is
     followed backwards too (a batch tool has the frames before): over the frames before the
     keyframe, newest first, while O-Net scores the face `defaults.TRACE_THRESHOLD` or more (or
-    `threshold`, if lower) and it is not on a face the frame already has. For that, each video's
+    `threshold`, if lower), its box has not grown past that bound, and it is not on a face the
+    frame already has. For that, each video's
     tracked batches are held back (with their frames) until the frames of the batches after them
     pass `trace_back_bytes` (memory bounded, not by the video's length). So a face that walks in
     between two keyframes, or that the detector finds only once it is large enough (a person who
     walks towards the camera), is tracked from where O-Net first sees it.
+
+    A keyframe's candidates (faces the detector scored from `defaults.CANDIDATE_THRESHOLD` up to
+    `threshold`) that no track follows are refined as tracked faces are, and those that then score
+    `defaults.CANDIDATE_CONFIRM` (or `threshold`, if higher) are new faces like the detections
+    (their rows: `detected` False).
     """
-    tracker = IoUTracker(options.track_iou, options.max_missed)
+    tracker = IoUTracker(options.track_iou, options.max_missed, options.threshold)
 
     refine_threshold = min(options.threshold, defaults.REFINE_THRESHOLD)
     trace_threshold = min(options.threshold, defaults.TRACE_THRESHOLD)
@@ -329,15 +348,40 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
         track_ids, predicted = tracker.predictions(frame.index, only_missing=only_missing)
         refined = refine(frame, predicted, source.relative, source.media_type).replace(track_id=track_ids)
         unbroken = tracker.last_frames(track_ids) == previous_frame
-        return refined.select(refined.det_score >= np.where(unbroken, refine_threshold, options.threshold))
+        grown = box_sizes(refined.boxes) > defaults.MAX_REFINED_GROWTH * tracker.confident_sizes(track_ids)
+        return refined.select((refined.det_score >= np.where(unbroken, refine_threshold, options.threshold)) & ~grown)
 
     def refined_faces(frame: Frame, source: MediaSource) -> Faces:
         return tracker.update_tracks(frame.index, refined_tracks(frame, source, only_missing=False))
 
-    def keyframe_faces(frame: Frame, detected: Faces, source: MediaSource) -> Faces:
-        """The keyframe's detections on their tracks, and the live tracks the detector missed there
-        that refinement still finds (as between keyframes): a face the detector scores just under
-        `threshold` on one frame keeps its track and its row instead of blinking out."""
+    def confirmed(frame: Frame, detected: Faces, candidates: Faces, source: MediaSource) -> Faces:
+        """The keyframe's candidates (faces the detector scored under `threshold`) that are on no
+        detection and no live track's predicted box, refined as a tracked face is; those scoring
+        `defaults.CANDIDATE_CONFIRM` (or `threshold`, if higher) are new faces (refined faces,
+        `detected` False). The detector's O-Net sees one box per face; refinement's second pass
+        and shifts find small faces it scores lower."""
+        if not len(candidates):
+            return candidates
+        taken = np.concatenate([tracker.predictions(frame.index)[1], detected.boxes.astype(np.float64)])
+        free = box_iou(candidates.boxes.astype(np.float64), taken).max(axis=1, initial=0.0) < options.track_iou
+        refined = refine(frame, candidates.boxes[free].astype(np.float64), source.relative, source.media_type)
+        refined = refined.select(refined.det_score >= max(options.threshold, defaults.CANDIDATE_CONFIRM))
+        refined = refined.select(np.argsort(-refined.det_score, kind="stable"))
+        boxes, kept = refined.boxes.astype(np.float64), []
+        for row in range(len(refined)):  # not on a detection, nor on a stronger candidate: one row per face
+            others = np.concatenate([detected.boxes.astype(np.float64), boxes[kept]])
+            if box_iou(boxes[row : row + 1], others).max(initial=0.0) < options.track_iou:
+                kept.append(row)
+        return refined.select(np.sort(np.array(kept, np.int64)))
+
+    def keyframe_faces(frame: Frame, detected: Faces, candidates: Faces, source: MediaSource) -> Faces:
+        """The keyframe's detections, and its candidates that refinement confirms, on their tracks,
+        and the live tracks the detector missed there that refinement still finds (as between
+        keyframes): a face the detector scores just under `threshold` on one frame keeps its track
+        and its row instead of blinking out."""
+        new_faces = confirmed(frame, detected, candidates, source)
+        if len(new_faces):
+            detected = Faces.concat([detected, new_faces])
         faces = tracker.update(frame.index, detected)
         refined = refined_tracks(frame, source, only_missing=True)
         keep = np.ones(len(refined), bool)
@@ -358,16 +402,19 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
         backwards over `earlier` frames, newest first (each with the list and position of its
         faces), as tracks are followed forwards: O-Net refines each face at its box on the frame
         after, moved back at the face's own velocity, and the face is there while it scores
-        `trace_threshold` and is not on a face that frame already has. Its rows join that
+        `trace_threshold`, is no larger than `defaults.MAX_REFINED_GROWTH` times its last
+        confident face (the detection, or a found box scoring `threshold`), and is not on a face
+        that frame already has. Its rows join that
         frame's faces under the new track's id."""
         boxes, track_ids = new.boxes.astype(np.float64), new.track_id
+        largest = defaults.MAX_REFINED_GROWTH * box_sizes(boxes)
         velocity = np.zeros_like(boxes)
         for frame, faces_of, position in earlier:
             if not len(track_ids):
                 return
             shift = np.tile((velocity[:, :2] + velocity[:, 2:]) / 2, 2)
             found = refine(frame, boxes - shift, source.relative, source.media_type).replace(track_id=track_ids)
-            keep = found.det_score >= trace_threshold
+            keep = (found.det_score >= trace_threshold) & (box_sizes(found.boxes) <= largest)
             present = faces_of[position]
             found_boxes = found.boxes.astype(np.float64)
             if len(present):
@@ -377,7 +424,9 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
                 if keep[first] and keep[second]:
                     keep[first if found.det_score[first] < found.det_score[second] else second] = False
             velocity = (0.5 * velocity + 0.5 * (boxes - found_boxes))[keep]
-            boxes, track_ids, found = found_boxes[keep], track_ids[keep], found.select(keep)
+            confident = found.det_score >= options.threshold
+            largest = np.where(confident, defaults.MAX_REFINED_GROWTH * box_sizes(found_boxes), largest)
+            boxes, track_ids, largest, found = found_boxes[keep], track_ids[keep], largest[keep], found.select(keep)
             if len(found):
                 both = Faces.concat([present, found])
                 faces_of[position] = both.select(np.argsort(both.track_id, kind="stable"))
@@ -385,11 +434,13 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
     def track(batch: FrameBatch) -> tuple[FrameBatch, list[Faces]]:
         nonlocal previous_frame
         detections = batch.faces
+        candidates = batch.candidates if batch.candidates is not None else Faces.empty(batch.run.source.relative, "video")
         per_frame: list[Faces] = []
         for position, (frame, detected) in enumerate(zip(batch.frames, batch.detect)):
             if detected:
                 first_new_id = tracker.next_id
-                faces = keyframe_faces(frame, detections.select(detections.frame_index == frame.index), batch.run.source)
+                faces = keyframe_faces(frame, detections.select(detections.frame_index == frame.index),
+                                       candidates.select(candidates.frame_index == frame.index), batch.run.source)
                 new = faces.select(faces.track_id >= first_new_id)
                 if len(new):  # newest first: this batch's frames before the keyframe, then the held batches'
                     earlier = [(batch.frames[index], per_frame, index) for index in range(position - 1, -1, -1)]
@@ -403,7 +454,7 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
         return batch, per_frame
 
     def passed_on(batch: FrameBatch, per_frame: list[Faces]) -> FrameBatch:
-        return replace(batch, faces=Faces.concat(per_frame))
+        return replace(batch, faces=Faces.concat(per_frame), candidates=None)
 
     def release(keep_bytes: int) -> Iterator[FrameBatch]:
         """The held batches, oldest first, until those left hold at most `keep_bytes` of frames."""
@@ -430,7 +481,7 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
             continue
         yield from release(0)  # a source's end, or the next source's start
         if isinstance(event, SourceStarted):
-            tracker, previous_frame = IoUTracker(options.track_iou, options.max_missed), None
+            tracker, previous_frame = IoUTracker(options.track_iou, options.max_missed, options.threshold), None
         yield event
 
 

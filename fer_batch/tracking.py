@@ -7,7 +7,9 @@ match, so a face hidden for a moment keeps its id. Between detector keyframes
 (detect-every-k), each live track's predicted box is refined by MTCNN's last stage and the
 track moves on with the refined box (`predictions` and `update_tracks`); on a keyframe, the
 tracks the detector missed are refined the same way (`predictions(only_missing=True)` and
-`recover`). One tracker per video.
+`recover`). Each track keeps the size of its last confident face (a detection, or a refined box
+scoring as one), which refined boxes are held to (`confident_sizes`; the pipeline drops those
+grown past `defaults.MAX_REFINED_GROWTH`). One tracker per video.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class _Track:
     landmarks: np.ndarray  # (5, 2) float32
     score: float
     last_frame: int
+    confident_size: float  # `box_sizes` of its last detection or refined box scoring the confident score
     missed: int = 0
 
     def predicted_box(self, frame_index: int) -> np.ndarray:
@@ -37,12 +40,21 @@ class _Track:
         shift = (self.velocity[:2] + self.velocity[2:]) / 2 * (frame_index - self.last_frame)
         return self.box + np.tile(shift, 2)
 
-    def move(self, frame_index: int, box: np.ndarray, landmarks: np.ndarray, score: float) -> None:
-        """The track's face on `frame_index`: its velocity follows, its misses are cleared."""
+    def move(self, frame_index: int, box: np.ndarray, landmarks: np.ndarray, score: float, confident: bool) -> None:
+        """The track's face on `frame_index`: its velocity follows, its misses are cleared; a
+        `confident` face (a detection, or a refined box scoring as one) sets its size."""
         elapsed = max(1, frame_index - self.last_frame)
         self.velocity = 0.5 * self.velocity + 0.5 * (box - self.box) / elapsed
         self.box, self.landmarks, self.score = box, landmarks, score
         self.last_frame, self.missed = frame_index, 0
+        if confident:
+            self.confident_size = float(box_sizes(box[None])[0])
+
+
+def box_sizes(boxes: np.ndarray) -> np.ndarray:
+    """(N,) the square root of each (N, 4) box's area: one length for a box's size."""
+    sides = np.clip(boxes[:, 2:] - boxes[:, :2], 0, None).astype(np.float64)
+    return np.sqrt(sides[:, 0] * sides[:, 1])
 
 
 def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
@@ -59,9 +71,11 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
 
 
 class IoUTracker:
-    def __init__(self, track_iou: float = defaults.TRACK_IOU, max_missed: int = defaults.MAX_MISSED) -> None:
+    def __init__(self, track_iou: float = defaults.TRACK_IOU, max_missed: int = defaults.MAX_MISSED,
+                 confident_score: float = defaults.THRESHOLD) -> None:
         self.track_iou = track_iou
         self.max_missed = max_missed
+        self.confident_score = confident_score  # a refined face scoring this is as sure as a detection
         self._tracks: list[_Track] = []
         self._next_id = 1
 
@@ -89,7 +103,7 @@ class IoUTracker:
             if track is None:
                 track = self._start(box, landmarks, score, frame_index)
             else:
-                track.move(frame_index, box, landmarks, score)
+                track.move(frame_index, box, landmarks, score, confident=True)
             track_ids[detection_index] = track.track_id
         for index, track in enumerate(live):
             if index not in matched_tracks and track.last_frame != frame_index:
@@ -105,7 +119,7 @@ class IoUTracker:
 
     def _start(self, box: np.ndarray, landmarks: np.ndarray, score: float, frame_index: int) -> _Track:
         """A new track, still, at `box`, under the next id."""
-        track = _Track(self._next_id, box, np.zeros(4), landmarks, score, frame_index)
+        track = _Track(self._next_id, box, np.zeros(4), landmarks, score, frame_index, float(box_sizes(box[None])[0]))
         self._next_id += 1
         self._tracks.append(track)
         return track
@@ -123,6 +137,12 @@ class IoUTracker:
         """(M,) the frame of each named live track's last face."""
         by_id = {track.track_id: track.last_frame for track in self._tracks}
         return np.array([by_id[int(track_id)] for track_id in track_ids], np.int64)
+
+    def confident_sizes(self, track_ids: np.ndarray) -> np.ndarray:
+        """(M,) the size (`box_sizes`) of each named live track's last confident face: its last
+        detection, or a later refined box that scored `confident_score`."""
+        by_id = {track.track_id: track.confident_size for track in self._tracks}
+        return np.array([by_id[int(track_id)] for track_id in track_ids], np.float64)
 
     def update_tracks(self, frame_index: int, frame: Faces) -> Faces:
         """A round where each face already names its track (boxes refined from the predictions):
@@ -156,8 +176,9 @@ class IoUTracker:
         kept = order[kept_positions].tolist()
         by_id = {track.track_id: track for track in self._tracks}
         for row in kept:
+            score = float(frame.det_score[row])
             by_id[int(frame.track_id[row])].move(
-                frame_index, frame.boxes[row].astype(np.float64), frame.landmarks[row], float(frame.det_score[row])
+                frame_index, frame.boxes[row].astype(np.float64), frame.landmarks[row], score, score >= self.confident_score
             )
         result = frame.select(np.array(sorted(kept), np.int64))
         return result.select(np.argsort(result.track_id, kind="stable"))

@@ -72,6 +72,16 @@ are new, faces followed back from the keyframe that found them at O-Net 0.50-0.6
 29-31 of one track, and the frame before two tracks' first detections, 45 and 46): 633 video
 rows in 14 tracks.
 
+Regenerated on 2026-11-28 (twentieth session) for two changes to tracking
+(fer_batch.pipeline.track_faces): a refined box more than 1.4x the size of its track's last
+confident face is not its face (`MAX_REFINED_GROWTH`), and a keyframe's face that the detector
+scored from 0.7 up to the threshold and no track follows starts a track where refinement scores
+it 0.95 (`CANDIDATE_THRESHOLD`, `CANDIDATE_CONFIRM`). The 10 photo rows are identical. 631 of the
+633 old video rows are there, boxes and labels unchanged (median and tenth-percentile IoU 1.0);
+the 2 gone are the turned-away woman's frames 35-36 (refined at 0.87 and 0.58 on her hair and
+coat, 1.5x and 1.8x the size of her face on frame 32, refined at 0.95); 3 rows are new: a red-haired boy looking down on
+frames 102-104 (140-152 px), a candidate confirmed at 0.96-0.98. 634 video rows in 15 tracks.
+
 The emotion answers (probabilities, labels, their per-track and per-source summaries) are
 compared within int8's rounding. An int8 network is a step function of its input: a
 landmark that moves by 1e-4 px (float rounding in the detector, as between CPUs with other

@@ -189,7 +189,9 @@ def test_a_stage_that_fails_on_one_source_records_it_and_the_run_goes_on(tmp_pat
 
 def test_refinement_between_keyframes_keeps_ids_and_boxes_on_the_crowd(media_dir, annotator):
     """12 crowd frames with the detector on every 4th frame and O-Net refinement in between, against
-    the detector on every frame: the same faces, the same boxes, one id per person."""
+    the detector on every frame: the same faces, the same boxes, one id per person. (The faces
+    the every-frame detector found itself: a keyframe's weaker candidate that refinement confirms,
+    found on more frames when every frame is a keyframe, is not what this compares.)"""
     from fer_batch.tracking import box_iou
 
     source = MediaSource(media_dir / "walking-crowd-1080p.mp4", "crowd.mp4", "video")
@@ -204,7 +206,8 @@ def test_refinement_between_keyframes_keeps_ids_and_boxes_on_the_crowd(media_dir
     assert set(refined.frame_index[refined.detected]) == {0, 4, 8}
     matched, large, id_pairs = 0, 0, set()
     for frame in range(12):
-        reference, ours = every.select(every.frame_index == frame), refined.select(refined.frame_index == frame)
+        reference = every.select((every.frame_index == frame) & every.detected)
+        ours = refined.select(refined.frame_index == frame)
         overlaps = box_iou(reference.boxes.astype(float), ours.boxes.astype(float))
         tall = reference.boxes[:, 3] - reference.boxes[:, 1] >= 40
         for row in np.flatnonzero(tall):
@@ -265,7 +268,7 @@ def test_a_face_a_keyframe_finds_is_followed_back_over_the_frames_before_it(medi
     assert (_detector_overlaps(annotator, source, faces, rows) >= 0.5).all()
 
 
-def test_tracks_are_followed_back_into_the_batches_held_before_them(tmp_path, media_dir, annotator):
+def test_tracks_are_followed_back_into_the_batches_held_before_them(tmp_path, media_dir, annotator, monkeypatch):
     """The crowd clip played backwards (its frames 104-45; people walk away from the camera, so
     faces start small and are found late), one keyframe per detector window (windows of five
     frames): a track is followed back over several windows held for it, on real faces; held
@@ -276,6 +279,7 @@ def test_tracks_are_followed_back_into_the_batches_held_before_them(tmp_path, me
     (a 25-35 px face: the detector's own answer comes and goes, which is why tracks carry it)."""
     import cv2
 
+    from fer_batch import defaults
     from fer_batch.tracking import box_iou
 
     capture, frames = cv2.VideoCapture(str(media_dir / "walking-crowd-1080p.mp4")), []
@@ -289,6 +293,9 @@ def test_tracks_are_followed_back_into_the_batches_held_before_them(tmp_path, me
     writer.release()
     source = MediaSource(path, "backwards.avi", "video")
     options = RunOptions(detect_every=5, detect_batch=1, small_faces_every=1)
+    # No candidates (their threshold at the detector's): every track then starts at a detection,
+    # from which its rows followed back are counted.
+    monkeypatch.setattr(defaults, "CANDIDATE_THRESHOLD", options.threshold)
 
     held, not_held = _tracked(annotator, source, options), _tracked(annotator, source, options, trace_back_bytes=0)
     reach = {track: int(held.frame_index[held.detected & (held.track_id == track)].min() - held.frame_index[rows].min())
@@ -304,6 +311,87 @@ def test_tracks_are_followed_back_into_the_batches_held_before_them(tmp_path, me
         assert np.mean(_detector_overlaps(annotator, source, held, rows) >= 0.5) >= 0.5
     assert all(len(rows) < options.detect_every for rows in _traced_rows(not_held).values())
     assert len(held) > len(not_held)
+
+
+def test_a_refined_box_grown_past_the_tracks_last_detection_ends_the_track(media_dir, annotator, monkeypatch):
+    """The crowd's frames 0-59, small faces searched on every other keyframe: a woman (x 866-934)
+    turns away behind a passer-by from frame 33. O-Net's refined box grows on her hair and coat
+    (scores 0.6-0.9) and, left alone, lands on the passer-by's face at 1.0 (frame 56: one track, two
+    people). A refined box more than `MAX_REFINED_GROWTH` times the size of the track's last
+    confident face (a detection, or a refined box scoring the threshold) is not its face: her track
+    ends within a few frames of turning away, and no row is larger than that against the confident
+    face it was refined from (for rows followed back, the one after it)."""
+    from fer_batch import defaults
+    from fer_batch.tracking import box_sizes
+
+    source = MediaSource(media_dir / "walking-crowd-1080p.mp4", "crowd.mp4", "video")
+    options = RunOptions(max_frames=60, detect_every=5, detect_batch=2, small_faces_every=10)
+
+    def woman_last_frame(faces: Faces) -> int:
+        at_start = faces.select(faces.frame_index == 0)
+        woman = at_start.track_id[(at_start.boxes[:, 0] > 850) & (at_start.boxes[:, 0] < 880)]
+        assert len(woman) == 1
+        return int(faces.frame_index[faces.track_id == woman[0]].max())
+
+    faces = _tracked(annotator, source, options)
+    assert woman_last_frame(faces) <= 40
+    for track in np.unique(faces.track_id):
+        rows = np.flatnonzero(faces.track_id == track)
+        rows = rows[np.argsort(faces.frame_index[rows])]
+        detected, sizes = faces.detected[rows], box_sizes(faces.boxes[rows])
+        confident = detected | (faces.det_score[rows] >= options.threshold)
+        first_detected = int(np.flatnonzero(detected)[0])
+        for row in np.flatnonzero(~detected):  # bound by the confident face it was refined from
+            earlier, later = np.flatnonzero(confident[:row]), row + 1 + np.flatnonzero(confident[row + 1 :])
+            anchor = later[0] if row < first_detected else earlier[-1]  # followed back: from the one after it
+            assert sizes[row] <= defaults.MAX_REFINED_GROWTH * sizes[anchor] + 1e-3, (track, row)
+
+    monkeypatch.setattr(defaults, "MAX_REFINED_GROWTH", float("inf"))
+    assert woman_last_frame(_tracked(annotator, source, options)) >= 50  # without the bound: on to the passer-by
+
+
+def test_a_face_the_detector_scores_under_the_threshold_is_confirmed_by_refinement(tmp_path, media_dir, annotator, monkeypatch):
+    """The crowd clip mirrored, its frames 88-104: a 30-35 px face at x 552-589 (mirrored) that the
+    detector scores under the threshold on the keyframes, and finds at the reference's 0.7. As a
+    keyframe's candidate, refined as a tracked face is, it scores the threshold and starts a track
+    (followed back from there); with no candidates (their threshold at the detector's), no track."""
+    import cv2
+
+    from fer_batch import defaults
+    from fer_batch.tracking import box_iou
+
+    capture, frames = cv2.VideoCapture(str(media_dir / "walking-crowd-1080p.mp4")), []
+    while (read := capture.read())[0]:
+        frames.append(read[1])
+    capture.release()
+    path = tmp_path / "mirrored.avi"  # lossless, so the frames are the clip's own
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 25.0, frames[0].shape[1::-1])
+    for bgr in frames[88:]:
+        writer.write(np.ascontiguousarray(bgr[:, ::-1]))
+    writer.release()
+    source = MediaSource(path, "mirrored.avi", "video")
+    options = RunOptions(detect_every=5, detect_batch=2, small_faces_every=5)
+    face = np.array([[553.0, 709, 580, 742]])  # the face on frame 100 (mirrored frame 12 here), found at 0.7
+
+    keyframe = next(frame for event in read_frames([source], RunOptions(max_frames=13)) if isinstance(event, FrameBatch)
+                    for frame in event.frames if frame.index == 12)
+    for threshold, found in ((0.7, True), (options.threshold, False)):
+        detections = annotator.detector.detect([keyframe], threshold=threshold)
+        assert (box_iou(face, detections.boxes.astype(float)).max(initial=0) >= 0.5) == found
+
+    def rows_on_the_face(faces: Faces) -> np.ndarray:
+        on_12 = np.flatnonzero(faces.frame_index == 12)
+        return on_12[box_iou(face, faces.boxes[on_12].astype(float))[0] >= 0.5]
+
+    faces = _tracked(annotator, source, options)
+    rows = rows_on_the_face(faces)
+    assert len(rows) == 1
+    track = faces.select(faces.track_id == faces.track_id[rows[0]])
+    assert not track.detected.any() and track.det_score.max() >= options.threshold
+    assert (track.det_score >= defaults.TRACE_THRESHOLD).all() and len(track) >= 3
+
+    monkeypatch.setattr(defaults, "CANDIDATE_THRESHOLD", options.threshold)
+    assert not len(rows_on_the_face(_tracked(annotator, source, options)))
 
 
 def test_a_face_the_keyframe_detector_misses_keeps_its_track_and_row(media_dir, annotator):

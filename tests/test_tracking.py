@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fer_batch.faces import Faces
-from fer_batch.tracking import IoUTracker, box_iou
+from fer_batch.tracking import IoUTracker, box_iou, box_sizes
 
 
 def _frame(frame_index: int, corners: list[tuple[float, float]], size: float = 60.0) -> Faces:
@@ -112,6 +112,29 @@ def test_a_prediction_moves_the_box_and_keeps_its_size():
     centre = (box[:2] + box[2:]) / 2
     # velocity after one match: half the per-frame change (the average with the zero start)
     assert centre == pytest.approx(np.array([138.0, 132.0]) + 2 * np.array([4.0, 1.0]))
+
+
+def test_a_track_remembers_the_size_of_its_last_confident_face():
+    """The size refined boxes are held to (`defaults.MAX_REFINED_GROWTH`): a detection sets it, and
+    so does a refined face scoring the confident score; a weaker refined face moves the track but
+    leaves it."""
+    tracker = IoUTracker(confident_score=0.9)
+    tracker.update(0, _frame(0, [(100, 100)], size=60))
+    assert tracker.confident_sizes(np.array([1])).tolist() == [60.0]
+    weak = _frame(1, [(100, 100)], size=90).replace(
+        track_id=np.array([1], np.int32), detected=np.zeros(1, bool), det_score=np.array([0.8], np.float32))
+    tracker.update_tracks(1, weak)
+    tracker.recover(2, weak.replace(frame_index=np.array([2])))
+    assert tracker.confident_sizes(np.array([1])).tolist() == [60.0]
+    tracker.update_tracks(3, weak.replace(frame_index=np.array([3]), det_score=np.array([0.95], np.float32)))
+    assert tracker.confident_sizes(np.array([1])).tolist() == [90.0]
+    tracker.update(4, _frame(4, [(102, 100)], size=80))
+    assert tracker.confident_sizes(np.array([1])).tolist() == [80.0]
+
+
+def test_box_sizes_are_the_square_root_of_the_area():
+    boxes = np.array([[0, 0, 40, 90], [10, 10, 10, 30], [5, 5, 3, 9]], np.float32)
+    assert box_sizes(boxes).tolist() == [60.0, 0.0, 0.0]
 
 
 def test_box_iou():
