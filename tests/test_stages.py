@@ -313,7 +313,7 @@ def test_tracks_are_followed_back_into_the_batches_held_before_them(tmp_path, me
     assert len(held) > len(not_held)
 
 
-def test_a_refined_box_grown_past_the_tracks_last_detection_ends_the_track(media_dir, annotator, monkeypatch):
+def test_a_refined_box_grown_past_the_tracks_last_confident_face_ends_the_track(media_dir, annotator, monkeypatch):
     """The crowd's frames 0-59, small faces searched on every other keyframe: a woman (x 866-934)
     turns away behind a passer-by from frame 33. O-Net's refined box grows on her hair and coat
     (scores 0.6-0.9) and, left alone, lands on the passer-by's face at 1.0 (frame 56: one track, two
@@ -339,6 +339,8 @@ def test_a_refined_box_grown_past_the_tracks_last_detection_ends_the_track(media
         rows = np.flatnonzero(faces.track_id == track)
         rows = rows[np.argsort(faces.frame_index[rows])]
         detected, sizes = faces.detected[rows], box_sizes(faces.boxes[rows])
+        if not detected.any():  # started by a confirmed candidate: no detection to tell its rows followed back
+            continue
         confident = detected | (faces.det_score[rows] >= options.threshold)
         first_detected = int(np.flatnonzero(detected)[0])
         for row in np.flatnonzero(~detected):  # bound by the confident face it was refined from
@@ -353,8 +355,9 @@ def test_a_refined_box_grown_past_the_tracks_last_detection_ends_the_track(media
 def test_a_face_the_detector_scores_under_the_threshold_is_confirmed_by_refinement(tmp_path, media_dir, annotator, monkeypatch):
     """The crowd clip mirrored, its frames 88-104: a 30-35 px face at x 552-589 (mirrored) that the
     detector scores under the threshold on the keyframes, and finds at the reference's 0.7. As a
-    keyframe's candidate, refined as a tracked face is, it scores the threshold and starts a track
-    (followed back from there); with no candidates (their threshold at the detector's), no track."""
+    keyframe's candidate, refined as a tracked face is, it scores `CANDIDATE_CONFIRM` and starts a
+    track (followed back from there); with no candidates (their threshold at the detector's), no
+    track."""
     import cv2
 
     from fer_batch import defaults
@@ -387,7 +390,7 @@ def test_a_face_the_detector_scores_under_the_threshold_is_confirmed_by_refineme
     rows = rows_on_the_face(faces)
     assert len(rows) == 1
     track = faces.select(faces.track_id == faces.track_id[rows[0]])
-    assert not track.detected.any() and track.det_score.max() >= options.threshold
+    assert not track.detected.any() and track.det_score.max() >= max(options.threshold, defaults.CANDIDATE_CONFIRM)
     assert (track.det_score >= defaults.TRACE_THRESHOLD).all() and len(track) >= 3
 
     monkeypatch.setattr(defaults, "CANDIDATE_THRESHOLD", options.threshold)
