@@ -227,6 +227,23 @@ def _tracked(annotator, source: MediaSource, options: RunOptions, **track_option
     return Faces.concat([event.faces for event in tracked if isinstance(event, FrameBatch)])
 
 
+def _lossless_crowd_copy(media_dir, path, reorder) -> MediaSource:
+    """The crowd clip's frames (BGR) passed through `reorder` (a slice, reversed, mirrored) and
+    written to `path` as lossless FFV1, so the frames are the clip's own: a video source."""
+    import cv2
+
+    capture, frames = cv2.VideoCapture(str(media_dir / "walking-crowd-1080p.mp4")), []
+    while (read := capture.read())[0]:
+        frames.append(read[1])
+    capture.release()
+    frames = reorder(frames)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 25.0, frames[0].shape[1::-1])
+    for bgr in frames:
+        writer.write(np.ascontiguousarray(bgr))
+    writer.release()
+    return MediaSource(path, path.name, "video")
+
+
 def _traced_rows(faces: Faces) -> dict[int, np.ndarray]:
     """Per track whose rows begin before its first detection: those earlier rows."""
     traced = {}
@@ -277,21 +294,10 @@ def test_tracks_are_followed_back_into_the_batches_held_before_them(tmp_path, me
     "On real faces": the traced rows of a track form one path (each box overlaps the next, IoU
     >= 0.5), and the detector at the reference's threshold has a face there on most of its frames
     (a 25-35 px face: the detector's own answer comes and goes, which is why tracks carry it)."""
-    import cv2
-
     from fer_batch import defaults
     from fer_batch.tracking import box_iou
 
-    capture, frames = cv2.VideoCapture(str(media_dir / "walking-crowd-1080p.mp4")), []
-    while (read := capture.read())[0]:
-        frames.append(read[1])
-    capture.release()
-    path = tmp_path / "backwards.avi"  # lossless, so the frames are the clip's own
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 25.0, frames[0].shape[1::-1])
-    for bgr in frames[:44:-1]:
-        writer.write(bgr)
-    writer.release()
-    source = MediaSource(path, "backwards.avi", "video")
+    source = _lossless_crowd_copy(media_dir, tmp_path / "backwards.avi", lambda frames: frames[:44:-1])
     options = RunOptions(detect_every=5, detect_batch=1, small_faces_every=1)
     # No candidates (their threshold at the detector's): every track then starts at a detection,
     # from which its rows followed back are counted.
@@ -358,21 +364,10 @@ def test_a_face_the_detector_scores_under_the_threshold_is_confirmed_by_refineme
     keyframe's candidate, refined as a tracked face is, it scores `CANDIDATE_CONFIRM` and starts a
     track (followed back from there); with no candidates (their threshold at the detector's), no
     track."""
-    import cv2
-
     from fer_batch import defaults
     from fer_batch.tracking import box_iou
 
-    capture, frames = cv2.VideoCapture(str(media_dir / "walking-crowd-1080p.mp4")), []
-    while (read := capture.read())[0]:
-        frames.append(read[1])
-    capture.release()
-    path = tmp_path / "mirrored.avi"  # lossless, so the frames are the clip's own
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 25.0, frames[0].shape[1::-1])
-    for bgr in frames[88:]:
-        writer.write(np.ascontiguousarray(bgr[:, ::-1]))
-    writer.release()
-    source = MediaSource(path, "mirrored.avi", "video")
+    source = _lossless_crowd_copy(media_dir, tmp_path / "mirrored.avi", lambda frames: [bgr[:, ::-1] for bgr in frames[88:]])
     options = RunOptions(detect_every=5, detect_batch=2, small_faces_every=5)
     face = np.array([[553.0, 709, 580, 742]])  # the face on frame 100 (mirrored frame 12 here), found at 0.7
 
