@@ -77,6 +77,10 @@ REFINE_SEARCH_BELOW = 0.9
 TRACE_THRESHOLD = 0.5
 TRACE_BACK_BYTES = 128 * 2**20
 TRACK_IOU = 0.3  # minimum overlap between a predicted track box and a detection
+# On a keyframe, a track that had its face on the frame before and that no detection overlaps is
+# refined at its predicted box; a refined box overlapping a detection that no track overlaps this
+# much is that track's face, moved fast (pipeline.track_faces), not a new track.
+CLAIM_IOU = 0.5
 # A refined box (between keyframes, on a keyframe that missed the track, or followed back) whose
 # size (square root of its area) is more than this times that of the track's last confident face
 # (its last detection, or a refined box scoring --threshold) is not the track's face: O-Net has

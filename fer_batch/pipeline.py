@@ -314,11 +314,17 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
     score dips under `threshold` for a frame keeps its row. In an image each face is its
     own track, numbered left to right.
 
+    On a keyframe, a live track that no detection overlaps (`track_iou`) and that had its face on
+    the frame before is refined first; where its refined box overlaps a detection that no track
+    overlaps by `defaults.CLAIM_IOU`, the track claims it: the face moved further than its box's
+    width in a frame (a new track has no velocity yet), and O-Net followed it there.
+
     A face that a keyframe finds and no track follows starts a track there, and the track is
     followed backwards too (a batch tool has the frames before): over the frames before the
     keyframe, newest first, while O-Net scores the face `defaults.TRACE_THRESHOLD` or more (or
     `threshold`, if lower), its box has not grown past that bound, and it is not on a face the
-    frame already has. For that, each video's
+    frame already has. A track the detector finds again after frames without its face is followed
+    back the same way over those frames. For that, each video's
     tracked batches are held back (with their frames) until the frames of the batches after them
     pass `trace_back_bytes` (memory bounded, not by the video's length). So a face that walks in
     between two keyframes, or that the detector finds only once it is large enough (a person who
@@ -336,7 +342,7 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
 
     previous_frame: int | None = None  # the video's last annotated frame before the one being tracked
 
-    def refined_tracks(frame: Frame, source: MediaSource, only_missing: bool) -> Faces:
+    def refined_tracks(frame: Frame, source: MediaSource, only_missing: bool, skip: np.ndarray | None = None) -> Faces:
         """Live tracks' predicted boxes on `frame` (with `only_missing`, those of tracks with no face
         there yet) refined by O-Net, under their track ids; those that score the refine threshold
         where the track had a face on the previous annotated frame, `threshold` where it had none.
@@ -346,6 +352,9 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
         turned-away head or a shoulder: to come back, it needs a new face's evidence (a track
         kept alive at 0.5-0.8 on the back of a head had a second track start on the same head)."""
         track_ids, predicted = tracker.predictions(frame.index, only_missing=only_missing)
+        if skip is not None:
+            wanted = ~np.isin(track_ids, skip)
+            track_ids, predicted = track_ids[wanted], predicted[wanted]
         refined = refine(frame, predicted, source.relative, source.media_type).replace(track_id=track_ids)
         unbroken = tracker.last_frames(track_ids) == previous_frame
         grown = box_sizes(refined.boxes) > defaults.MAX_REFINED_GROWTH * tracker.confident_sizes(track_ids)
@@ -382,8 +391,27 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
         new_faces = confirmed(frame, detected, candidates, source)
         if len(new_faces):
             detected = Faces.concat([detected, new_faces])
-        faces = tracker.update(frame.index, detected)
-        refined = refined_tracks(frame, source, only_missing=True)
+        # The live tracks no detection overlaps are refined at their predicted boxes. One that had its
+        # face on the previous frame and whose refined box lands on a detection no track overlaps
+        # claims it: the face moved further than its box's width since then (a new track has no
+        # velocity yet), and O-Net followed it there; it is not a second face starting a track.
+        matched = tracker.matched(frame.index, detected)
+        refined = refined_tracks(frame, source, only_missing=True, skip=matched[matched > 0])
+        claims: dict[int, int] = {}
+        free = np.flatnonzero(matched == 0)
+        if len(refined) and len(free):
+            unbroken = tracker.last_frames(refined.track_id) == previous_frame
+            overlaps = box_iou(refined.boxes.astype(np.float64), detected.boxes[free].astype(np.float64))
+            overlaps[~unbroken] = 0.0
+            for flat in np.argsort(-overlaps, axis=None):
+                row, column = np.unravel_index(flat, overlaps.shape)
+                if overlaps[row, column] < defaults.CLAIM_IOU:
+                    break
+                if int(free[column]) not in claims and int(refined.track_id[row]) not in claims.values():
+                    claims[int(free[column])] = int(refined.track_id[row])
+        faces = tracker.update(frame.index, detected, claims)
+        live_ids, _ = tracker.predictions(frame.index)
+        refined = refined.select(np.isin(refined.track_id, live_ids) & ~np.isin(refined.track_id, list(claims.values())))
         keep = np.ones(len(refined), bool)
         if len(faces) and len(refined):  # not on a face the detector found: the track drifted onto another
             # person, whose track it would take over on the next keyframe (overlapping as a track match does)
@@ -397,10 +425,12 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
     held: deque[tuple[FrameBatch, list[Faces]]] = deque()  # tracked video batches not yet passed on, and their faces by frame
     held_bytes = 0
 
-    def traced_back(new: Faces, earlier: list[tuple[Frame, list[Faces], int]], source: MediaSource) -> None:
-        """Follow the faces of new tracks (a keyframe's detections that no track followed)
-        backwards over `earlier` frames, newest first (each with the list and position of its
-        faces), as tracks are followed forwards: O-Net refines each face at its box on the frame
+    def traced_back(new: Faces, earlier: list[tuple[Frame, list[Faces], int]], source: MediaSource,
+                    stops: np.ndarray | None = None) -> None:
+        """Follow the faces of new tracks (a keyframe's detections that no track followed) backwards
+        over `earlier` frames, newest first (each with the list and position of its faces), each
+        face down to the frame after its `stops` entry (a track found again: its last face before;
+        -1, the default: as far as `earlier` goes), as tracks are followed forwards: O-Net refines each face at its box on the frame
         after, moved back at the face's own velocity, and the face is there while it scores
         `trace_threshold`, is no larger than `defaults.MAX_REFINED_GROWTH` times its last
         confident face (the detection, or a found box scoring `threshold`), and is not on a face
@@ -409,7 +439,10 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
         boxes, track_ids = new.boxes.astype(np.float64), new.track_id
         largest = defaults.MAX_REFINED_GROWTH * box_sizes(boxes)
         velocity = np.zeros_like(boxes)
+        stops = np.full(len(new), -1, np.int64) if stops is None else stops
         for frame, faces_of, position in earlier:
+            keep = stops < frame.index
+            boxes, track_ids, largest, velocity, stops = boxes[keep], track_ids[keep], largest[keep], velocity[keep], stops[keep]
             if not len(track_ids):
                 return
             shift = np.tile((velocity[:, :2] + velocity[:, 2:]) / 2, 2)
@@ -427,6 +460,7 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
             confident = found.det_score >= options.threshold
             largest = np.where(confident, defaults.MAX_REFINED_GROWTH * box_sizes(found_boxes), largest)
             boxes, track_ids, largest, found = found_boxes[keep], track_ids[keep], largest[keep], found.select(keep)
+            stops = stops[keep]
             if len(found):
                 both = Faces.concat([present, found])
                 faces_of[position] = both.select(np.argsort(both.track_id, kind="stable"))
@@ -439,14 +473,21 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
         for position, (frame, detected) in enumerate(zip(batch.frames, batch.detect)):
             if detected:
                 first_new_id = tracker.next_id
+                live_ids, _ = tracker.predictions(frame.index)
+                last_seen = dict(zip(live_ids.tolist(), tracker.last_frames(live_ids).tolist()))
                 faces = keyframe_faces(frame, detections.select(detections.frame_index == frame.index),
                                        candidates.select(candidates.frame_index == frame.index), batch.run.source)
-                new = faces.select(faces.track_id >= first_new_id)
-                if len(new):  # newest first: this batch's frames before the keyframe, then the held batches'
+                # New tracks, and tracks the detector finds again after frames without their face,
+                # are followed back (the second over those frames only): from the detector's evidence,
+                # as far as O-Net still sees the face. A track refinement recovers is not.
+                stops = np.array([last_seen.get(int(track_id), -1) for track_id in faces.track_id], np.int64)
+                lost = (stops >= 0) & (stops < (previous_frame if previous_frame is not None else -1)) & faces.detected
+                back = (faces.track_id >= first_new_id) | lost
+                if back.any():  # newest first: this batch's frames before the keyframe, then the held batches'
                     earlier = [(batch.frames[index], per_frame, index) for index in range(position - 1, -1, -1)]
                     earlier += [(held_batch.frames[index], faces_of, index) for held_batch, faces_of in reversed(held)
                                 for index in range(len(held_batch.frames) - 1, -1, -1)]
-                    traced_back(new, earlier, batch.run.source)
+                    traced_back(faces.select(back), earlier, batch.run.source, stops[back])
             else:
                 faces = refined_faces(frame, batch.run.source)
             per_frame.append(faces)

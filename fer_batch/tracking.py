@@ -79,22 +79,36 @@ class IoUTracker:
         self._tracks: list[_Track] = []
         self._next_id = 1
 
-    def update(self, frame_index: int, frame: Faces) -> Faces:
-        """Match the detections of one frame; returns them with track ids, ordered by track id."""
+    def _assign(self, frame_index: int, boxes: np.ndarray, claimed: dict[int, int]) -> dict[int, _Track]:
+        """Detection index -> live track: the `claimed` pairs (detection index -> track id) first,
+        then the rest by overlap with the tracks' predicted boxes, best first, at `track_iou` or more."""
         live = list(self._tracks)
-        boxes = frame.boxes.astype(np.float64)
+        by_id = {track.track_id: track for track in live}
+        assignment = {detection: by_id[track_id] for detection, track_id in claimed.items()}
+        taken = {id(track) for track in assignment.values()}
         predicted = np.array([track.predicted_box(frame_index) for track in live]).reshape(-1, 4)
         overlaps = box_iou(predicted, boxes)
-        matched_tracks: set[int] = set()
-        assignment: dict[int, _Track] = {}
         for flat in np.argsort(-overlaps, axis=None):
             track_index, detection_index = np.unravel_index(flat, overlaps.shape)
             if overlaps[track_index, detection_index] < self.track_iou:
                 break
-            if track_index in matched_tracks or detection_index in assignment:
+            if id(live[track_index]) in taken or detection_index in assignment:
                 continue
-            matched_tracks.add(int(track_index))
+            taken.add(id(live[track_index]))
             assignment[int(detection_index)] = live[track_index]
+        return assignment
+
+    def matched(self, frame_index: int, frame: Faces) -> np.ndarray:
+        """(N,) the track id each detection of one frame would be matched to by `update` (0: none,
+        it would start a track); the tracker is not changed."""
+        assignment = self._assign(frame_index, frame.boxes.astype(np.float64), {})
+        return np.array([assignment[row].track_id if row in assignment else 0 for row in range(len(frame))], np.int32)
+
+    def update(self, frame_index: int, frame: Faces, claimed: dict[int, int] | None = None) -> Faces:
+        """Match the detections of one frame; returns them with track ids, ordered by track id.
+        `claimed` (detection index -> track id) assigns those pairs before the overlaps are matched."""
+        boxes = frame.boxes.astype(np.float64)
+        assignment = self._assign(frame_index, boxes, claimed or {})
         track_ids = np.empty(len(frame), np.int32)
         for detection_index in range(len(frame)):
             box = boxes[detection_index]
@@ -105,8 +119,8 @@ class IoUTracker:
             else:
                 track.move(frame_index, box, landmarks, score, confident=True)
             track_ids[detection_index] = track.track_id
-        for index, track in enumerate(live):
-            if index not in matched_tracks and track.last_frame != frame_index:
+        for track in self._tracks:
+            if track.last_frame != frame_index:
                 track.missed += 1
         self._tracks = [track for track in self._tracks if track.missed <= self.max_missed]
         order = np.argsort(track_ids, kind="stable")

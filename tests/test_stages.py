@@ -285,6 +285,29 @@ def test_a_face_a_keyframe_finds_is_followed_back_over_the_frames_before_it(medi
     assert (_detector_overlaps(annotator, source, faces, rows) >= 0.5).all()
 
 
+def test_a_track_found_again_is_followed_back_over_the_frames_it_lost(tmp_path, media_dir, annotator):
+    """The crowd clip played backwards at 640x360, its first 13 frames (keyframes 0, 5, 10): a
+    38-px face detected on keyframe 5 is refined on frame 6, then lost (its refined box had grown
+    off it), and detected again on keyframe 10, where its track takes it. The track is followed
+    back from there over the frames it lost, as a new track is: rows on frames 7-9, refined, at
+    the trace threshold, on the face the detector finds at the reference's threshold where it
+    finds one (frames 8 and 9; frame 7 has no detection at 0.7, the row there is O-Net's 0.93)."""
+    import cv2
+
+    from fer_batch import defaults
+
+    source = _lossless_crowd_copy(media_dir, tmp_path / "backwards-640.avi", lambda frames: [
+        cv2.resize(bgr, (640, 360), interpolation=cv2.INTER_AREA) for bgr in frames[::-1][:13]])
+    faces = _tracked(annotator, source, RunOptions(detect_every=5, detect_batch=2, small_faces_every=5))
+    on_5 = np.flatnonzero((faces.frame_index == 5) & faces.detected & (np.abs(faces.boxes[:, 0] - 129) < 8))
+    assert len(on_5) == 1
+    track = faces.select(faces.track_id == faces.track_id[on_5[0]])
+    assert track.frame_index.tolist() == list(range(5, 13)) and track.detected[track.frame_index == 10].all()
+    lost = np.flatnonzero(np.isin(faces.frame_index, [7, 8, 9]) & (faces.track_id == faces.track_id[on_5[0]]))
+    assert not faces.detected[lost].any() and (faces.det_score[lost] >= defaults.TRACE_THRESHOLD).all()
+    assert (_detector_overlaps(annotator, source, faces, lost[1:]) >= 0.5).all()
+
+
 def test_tracks_are_followed_back_into_the_batches_held_before_them(tmp_path, media_dir, annotator, monkeypatch):
     """The crowd clip played backwards (its frames 104-45; people walk away from the camera, so
     faces start small and are found late), one keyframe per detector window (windows of five
@@ -442,6 +465,33 @@ def test_a_track_refined_onto_a_detected_face_does_not_take_its_id(tmp_path, med
     assert (~faces.detected & (faces.frame_index >= 24)).any()  # the fading face was refined
     neighbour = faces.detected & (faces.frame_index >= 24) & (np.abs(faces.boxes[:, 0] - 328) < 8)
     assert neighbour.sum() >= 10 and len(set(faces.track_id[neighbour])) == 1
+
+
+def test_a_face_that_moves_past_its_box_in_a_frame_keeps_one_track(tmp_path, media_dir, annotator, monkeypatch):
+    """The crowd clip played backwards at 640x360 (frames 40 back to 25), the detector on every
+    frame: a 29-px-wide face enters at frame 6 here and crosses 12-16 px a frame, so its detection
+    overlaps the box it had the frame before under `track_iou`. Refined at that box, O-Net follows
+    it onto its detection, which the track claims: one track over its eight frames. Without claims
+    each of its first four frames started a track of its own."""
+    import cv2
+
+    from fer_batch import defaults
+
+    source = _lossless_crowd_copy(media_dir, tmp_path / "backwards-640.avi", lambda frames: [
+        cv2.resize(bgr, (640, 360), interpolation=cv2.INTER_AREA) for bgr in frames[40:24:-1]])
+    options = RunOptions(detect_every=1, small_faces_every=1)
+
+    def fast_face_tracks() -> list[int]:
+        faces = _tracked(annotator, source, options)
+        rows = np.flatnonzero(faces.boxes[:, 0] > 420)  # nobody else is in that part of the frame
+        assert sorted(set(faces.frame_index[rows].tolist())) == list(range(6, 14))
+        assert faces.detected[rows].all()
+        return [int(track) for track in faces.track_id[rows[np.argsort(faces.frame_index[rows])]]]
+
+    assert len(set(fast_face_tracks())) == 1
+    monkeypatch.setattr(defaults, "CLAIM_IOU", 2.0)  # no refined box overlaps anything that much
+    unclaimed = fast_face_tracks()
+    assert len(set(unclaimed[:4])) == 4 and len(set(unclaimed)) == 4
 
 
 class _ThreadRecordingDetector:

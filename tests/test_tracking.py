@@ -99,6 +99,23 @@ def test_a_track_the_keyframe_detector_missed_is_recovered_and_its_miss_forgiven
     assert tracker.predictions(4)[0].tolist() == [1]
 
 
+def test_a_claimed_detection_goes_to_its_track_before_overlaps_are_matched():
+    """A face that moved more than its box's width in a frame overlaps no prediction: `matched` says
+    it would start a track (and changes nothing); claimed for its track, it moves that track, and
+    the other detections are matched by overlap as before."""
+    tracker = IoUTracker(track_iou=0.3)
+    first = tracker.update(0, _frame(0, [(100, 100), (400, 100)]))
+    moved = _frame(1, [(170, 100), (402, 100)])  # the first face moved 70 px, past its 60 px box
+    assert tracker.matched(1, moved).tolist() == [0, 2]
+    assert tracker.matched(1, moved).tolist() == [0, 2]  # a dry run: the tracker is unchanged
+    faces = tracker.update(1, moved, claimed={0: 1})
+    assert faces.track_id.tolist() == [1, 2] and tracker.next_id == 3
+    assert faces.boxes[0, 0] == 170 and first.track_id.tolist() == [1, 2]
+    unclaimed = IoUTracker(track_iou=0.3)
+    unclaimed.update(0, _frame(0, [(100, 100), (400, 100)]))
+    assert sorted(unclaimed.update(1, moved).track_id.tolist()) == [2, 3]  # without the claim, a new track
+
+
 def test_a_prediction_moves_the_box_and_keeps_its_size():
     """A face moving right while its boxes grow: the prediction moves the centre on at the track's
     velocity but keeps the last size (extrapolated, refinement's size noise grew boxes until O-Net
