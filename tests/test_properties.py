@@ -38,6 +38,33 @@ def test_a_face_moving_a_few_pixels_per_frame_keeps_its_id(start, step, frames):
     assert len(ids) == 1
 
 
+@given(first=st.lists(corner, min_size=1, max_size=6, unique=True), second=st.lists(corner, max_size=6, unique=True),
+       data=st.data())
+def test_claimed_detections_get_their_tracks_and_the_rest_are_matched_by_overlap(first, second, data):
+    """Whatever detections a frame has and whichever of them are claimed for whichever tracks: each
+    claimed detection gets its track, no two detections share a track, `matched` changes nothing,
+    and an unclaimed detection that alone overlaps one unclaimed track's prediction gets that track."""
+    from fer_batch.tracking import box_iou
+
+    tracker = IoUTracker()
+    tracker.update(0, _frame(0, first))
+    detections = _frame(1, second)
+    rows = data.draw(st.lists(st.sampled_from(range(len(second))), unique=True, max_size=len(second))) if second else []
+    tracks = data.draw(st.permutations(range(1, len(first) + 1)))[: len(rows)]
+    claimed = dict(zip(rows, tracks))
+    assert tracker.matched(1, detections).tolist() == tracker.matched(1, detections).tolist()
+    faces = tracker.update(1, detections, claimed)
+    track_of = {tuple(box): int(track) for box, track in zip(faces.boxes.tolist(), faces.track_id)}
+    assert len(set(faces.track_id.tolist())) == len(second)
+    for row, track in claimed.items():
+        assert track_of[tuple(detections.boxes[row].tolist())] == track
+    overlaps = box_iou(detections.boxes.astype(np.float64), _frame(0, first).boxes.astype(np.float64)) >= tracker.track_iou
+    for row in set(range(len(second))) - set(claimed):
+        candidates = np.flatnonzero(overlaps[row])
+        if len(candidates) == 1 and overlaps[:, candidates[0]].sum() == 1 and candidates[0] + 1 not in claimed.values():
+            assert track_of[tuple(detections.boxes[row].tolist())] == candidates[0] + 1
+
+
 @given(max_missed=st.integers(0, 6), extra=st.integers(1, 4), start=corner)
 def test_a_face_gone_longer_than_max_missed_gets_a_new_id(max_missed, extra, start):
     tracker = IoUTracker(max_missed=max_missed)
