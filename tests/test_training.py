@@ -496,3 +496,45 @@ def test_mixup_blends_the_crops_from_the_runs_own_generator(trained_run, fer_dir
     assert load_checkpoint(tmp_path / "mix-a" / "last.pt").extra["training_config"]["mixup_alpha"] == 0.4
     refused = runner.invoke(app, [*common, "--out", str(tmp_path / "bad"), "--mixup-alpha", "-1"])
     assert refused.exit_code == 2
+
+
+def test_the_held_out_slice_is_the_same_for_a_seed_and_never_trained_on(fer_dir):
+    from fer_batch.training.train import _limit, split_holdout
+
+    images = _limit(load_split(str(fer_dir), "train"), 500, 0)
+    kept, held = split_holdout(images, 0.2, seed=3)
+    again, held_again = split_holdout(images, 0.2, seed=3)
+    _, other = split_holdout(images, 0.2, seed=4)
+    assert (len(kept), len(held)) == (400, 100)
+    assert np.array_equal(held.images, held_again.images) and np.array_equal(kept.images, again.images)
+    assert not np.array_equal(held.images, other.images)
+    rows = lambda dataset: {image.tobytes() for image in dataset.images}  # noqa: E731
+    assert rows(kept) | rows(held) == rows(images)
+    assert sorted(np.concatenate([kept.labels, held.labels]).tolist()) == sorted(images.labels.tolist())
+    assert split_holdout(images, 0.0, seed=3) == (images, None)
+
+
+def test_sgd_on_plateaus_cuts_the_rate_when_the_held_out_accuracy_stalls_and_resumes(fer_dir, tmp_path, monkeypatch):
+    """--optimizer sgd --schedule plateau: Nesterov SGD whose rate is cut by --plateau-factor once the
+    held-out accuracy has not risen for --plateau-patience epochs (here it never rises after the first
+    epoch); the schedule's state carries over a resume, and the held-out accuracy is in metrics.csv."""
+    from fer_batch.training.train import SMALL_MODEL, TrainConfig, Trainer, train
+
+    monkeypatch.setattr(Trainer, "_holdout_accuracy", lambda self: 0.5)
+    common = dict(data=str(fer_dir), epochs=3, temporal_epochs=0, batch_size=64, learning_rate=0.01, device="cpu",
+                  limit_train=256, limit_test=64, model=SMALL_MODEL, precision="fp32", optimizer="sgd",
+                  schedule="plateau", holdout=0.25, plateau_patience=0, plateau_factor=0.5)
+    train(TrainConfig(out_dir=str(tmp_path / "whole"), **common), show_progress=False, log=lambda _: None)
+    train(TrainConfig(out_dir=str(tmp_path / "halves"), **common), show_progress=False, log=lambda _: None, stop_after=2)
+    train(TrainConfig(out_dir=str(tmp_path / "halves"), **common), resume=True, show_progress=False, log=lambda _: None)
+    for run in ("whole", "halves"):
+        metrics = pd.read_csv(tmp_path / run / "metrics.csv")
+        assert np.allclose(metrics.lr, [0.01, 0.01, 0.005]) and (metrics.holdout_accuracy == 0.5).all()
+    state = torch.load(tmp_path / "halves" / "last.pt", weights_only=False)
+    group = state["optimizer_state"]["param_groups"][0]
+    assert group["nesterov"] and group["momentum"] == 0.9 and np.isclose(group["lr"], 0.0025)
+    assert state["training_config"]["holdout"] == 0.25
+
+    refused = runner.invoke(app, ["train", "--data", str(fer_dir), "--out", str(tmp_path / "bad"), "--small",
+                                  "--schedule", "plateau", "--quiet"])
+    assert refused.exit_code != 0 and "--holdout" in refused.output

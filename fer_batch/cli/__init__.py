@@ -257,7 +257,12 @@ def train(
     epochs: int = typer.Option(26, "--epochs", min=0, help="CNN epochs on augmented stills (0 with --init-from: train only the GRU stage on that encoder)."),
     temporal_epochs: int = typer.Option(3, "--temporal-epochs", min=0, help="GRU epochs on synthetic clips."),
     batch_size: int = typer.Option(128, "--batch-size", min=2),
-    learning_rate: float = typer.Option(3e-3, "--lr", help="Peak learning rate of the one-cycle schedule."),
+    learning_rate: float = typer.Option(3e-3, "--lr", help="Peak learning rate of the one-cycle schedule (with --schedule plateau: the starting rate)."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="The CNN stage's optimiser: adamw, or sgd (Nesterov momentum 0.9)."),
+    schedule: str = typer.Option("onecycle", "--schedule", help="The CNN stage's learning rate: onecycle, or plateau (cut when the --holdout accuracy stops rising)."),
+    holdout: float = typer.Option(0.0, "--holdout", min=0.0, max=0.49, help="Share of the training images held out of training and scored every CNN epoch (steers --schedule plateau)."),
+    plateau_patience: int = typer.Option(5, "--plateau-patience", min=0, help="CNN epochs without a better held-out accuracy before a plateau cut."),
+    plateau_factor: float = typer.Option(0.75, "--plateau-factor", min=0.01, max=0.99, help="The learning rate's cut on a plateau."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     model: str = typer.Option("base", "--model", help="Architecture preset: base, wide or small (see the model card)."),
@@ -296,6 +301,8 @@ def train(
         mixup_alpha=mixup_alpha, init_from=str(init_from) if init_from else None, init_member=init_member,
         model=MODEL_PRESETS[preset], precision=precision, eval_every=eval_every, tta_flip=tta_flip,
         teacher=str(teacher) if teacher else None, distill_weight=distill_weight, distill_temperature=distill_temperature,
+        optimizer=optimizer, schedule=schedule, holdout=holdout, plateau_patience=plateau_patience,
+        plateau_factor=plateau_factor,
     )
     try:
         result = run_training(config, resume=resume, show_progress=not quiet, log=console.print, stop_after=stop_after)
