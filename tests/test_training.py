@@ -533,6 +533,7 @@ def test_sgd_on_plateaus_cuts_the_rate_when_the_held_out_accuracy_stalls_and_res
     state = torch.load(tmp_path / "halves" / "last.pt", weights_only=False)
     group = state["optimizer_state"]["param_groups"][0]
     assert group["nesterov"] and group["momentum"] == 0.9 and np.isclose(group["lr"], 0.0025)
+    assert group["weight_decay"] == 5e-4  # SGD's default L2, not AdamW's decoupled 0.05
     assert state["training_config"]["holdout"] == 0.25
 
     refused = runner.invoke(app, ["train", "--data", str(fer_dir), "--out", str(tmp_path / "bad"), "--small",

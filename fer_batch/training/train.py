@@ -46,6 +46,9 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZER_CHOICES = ("adamw", "sgd")
 SCHEDULE_CHOICES = ("onecycle", "plateau")
 SGD_MOMENTUM = 0.9
+# Weight decay by optimiser: AdamW's is decoupled from the gradient, SGD's is an L2 term in it, so
+# the same figure means very different things (0.05 as SGD's L2 would hold the weights near zero).
+WEIGHT_DECAY = {"adamw": 0.05, "sgd": 5e-4}
 
 METRIC_COLUMNS = (
     "epoch", "stage", "lr", "train_loss", "train_accuracy", "holdout_accuracy", "test_accuracy", "test_macro_f1",
@@ -61,7 +64,7 @@ class TrainConfig:
     temporal_epochs: int = 3
     batch_size: int = 128
     learning_rate: float = 3e-3
-    weight_decay: float = 0.05
+    weight_decay: float | None = None  # the CNN stage's; None: WEIGHT_DECAY[optimizer] (the GRU stage: AdamW's)
     label_smoothing: float = 0.1
     class_weight_power: float = 0.3  # loss weight per class = (1 / frequency) ** power
     mixup_alpha: float = 0.0  # mixup on the CNN stage's crops: Beta(alpha, alpha) shares; 0: off
@@ -287,17 +290,16 @@ class Trainer:
             epochs = self.config.temporal_epochs
         if self._on_plateau_recipe():
             self.optimizer = torch.optim.SGD(parameters, lr=self.config.learning_rate, momentum=SGD_MOMENTUM,
-                                             nesterov=True, weight_decay=self.config.weight_decay)
+                                             nesterov=True, weight_decay=self._weight_decay())
             self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer, mode="max", factor=self.config.plateau_factor, patience=self.config.plateau_patience)
             return
         if stage == "frame" and self.config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(parameters, lr=self.config.learning_rate, momentum=SGD_MOMENTUM,
-                                             nesterov=True, weight_decay=self.config.weight_decay)
+                                             nesterov=True, weight_decay=self._weight_decay())
         else:
-            self.optimizer = torch.optim.AdamW(
-                parameters, lr=self.config.learning_rate, weight_decay=self.config.weight_decay
-            )
+            self.optimizer = torch.optim.AdamW(parameters, lr=self.config.learning_rate, weight_decay=(
+                self._weight_decay() if stage == "frame" else WEIGHT_DECAY["adamw"]))
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer,
             max_lr=self.config.learning_rate if stage == "frame" else self.config.learning_rate / 3,
@@ -309,6 +311,10 @@ class Trainer:
         """Whether this stage's rate is cut on plateaus of the held-out accuracy (once an epoch), not
         moved every step on one cycle: the CNN stage of a plateau run."""
         return self.stage == "frame" and self.config.schedule == "plateau"
+
+    def _weight_decay(self) -> float:
+        """The CNN stage's weight decay: the run's, else its optimiser's default (WEIGHT_DECAY)."""
+        return self.config.weight_decay if self.config.weight_decay is not None else WEIGHT_DECAY[self.config.optimizer]
 
     def learning_rate(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
