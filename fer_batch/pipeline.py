@@ -430,12 +430,12 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
         """Follow the faces of new tracks (a keyframe's detections that no track followed) backwards
         over `earlier` frames, newest first (each with the list and position of its faces), each
         face down to the frame after its `stops` entry (a track found again: its last face before;
-        -1, the default: as far as `earlier` goes), as tracks are followed forwards: O-Net refines each face at its box on the frame
-        after, moved back at the face's own velocity, and the face is there while it scores
-        `trace_threshold`, is no larger than `defaults.MAX_REFINED_GROWTH` times its last
-        confident face (the detection, or a found box scoring `threshold`), and is not on a face
-        that frame already has. Its rows join that
-        frame's faces under the new track's id."""
+        -1, the default: as far as `earlier` goes), as tracks are followed forwards: O-Net refines
+        each face at its box on the frame after, moved back at the face's own velocity, and the
+        face is there while it scores `trace_threshold`, is no larger than
+        `defaults.MAX_REFINED_GROWTH` times its last confident face (the detection, or a found box
+        scoring `threshold`), and is not on a face that frame already has. Its rows join that
+        frame's faces under its track's id."""
         boxes, track_ids = new.boxes.astype(np.float64), new.track_id
         largest = defaults.MAX_REFINED_GROWTH * box_sizes(boxes)
         velocity = np.zeros_like(boxes)

@@ -499,7 +499,9 @@ def test_mixup_blends_the_crops_from_the_runs_own_generator(trained_run, fer_dir
 
 
 def test_the_held_out_slice_is_the_same_for_a_seed_and_never_trained_on(fer_dir):
-    from fer_batch.training.train import _limit, split_holdout
+    """`split_holdout` draws the same images for a seed and others for another seed, and keeps every
+    image exactly once; a run with --holdout trains on the rest only."""
+    from fer_batch.training.train import SMALL_MODEL, TrainConfig, Trainer, _limit, split_holdout
 
     images = _limit(load_split(str(fer_dir), "train"), 500, 0)
     kept, held = split_holdout(images, 0.2, seed=3)
@@ -512,6 +514,11 @@ def test_the_held_out_slice_is_the_same_for_a_seed_and_never_trained_on(fer_dir)
     assert rows(kept) | rows(held) == rows(images)
     assert sorted(np.concatenate([kept.labels, held.labels]).tolist()) == sorted(images.labels.tolist())
     assert split_holdout(images, 0.0, seed=3) == (images, None)
+    run = Trainer(TrainConfig(data=str(fer_dir), limit_train=500, limit_test=32, holdout=0.2, seed=0,
+                              model=SMALL_MODEL, device="cpu"), log=lambda _: None)
+    trained_on, held_out = split_holdout(images, 0.2, seed=0)
+    assert np.array_equal(run.train_set.images, trained_on.images) and np.array_equal(run.holdout_set.images, held_out.images)
+    assert len(run.train_set) == 400 and len(run.holdout_set) == 100
 
 
 def test_sgd_on_plateaus_cuts_the_rate_when_the_held_out_accuracy_stalls_and_resumes(fer_dir, tmp_path, monkeypatch):

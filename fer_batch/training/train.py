@@ -349,8 +349,11 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer_state"])
         saved = payload.get("training_config", {})
         budget_key = "epochs" if self.stage == "frame" else "temporal_epochs"
-        if payload.get("scheduler_state") and (self._on_plateau_recipe() or saved.get(budget_key) == getattr(self.config, budget_key)):
-            self.scheduler.load_state_dict(payload["scheduler_state"])  # a plateau schedule has no budget to change
+        if self._on_plateau_recipe():  # a plateau schedule has no budget to change: its state goes on as saved
+            if payload.get("scheduler_state"):
+                self.scheduler.load_state_dict(payload["scheduler_state"])
+        elif saved.get(budget_key) == getattr(self.config, budget_key) and payload.get("scheduler_state"):
+            self.scheduler.load_state_dict(payload["scheduler_state"])
         else:
             # The epoch budget changed on resume: continue on the new schedule from the current step.
             stage_start = 0 if self.stage == "frame" else self.config.epochs
