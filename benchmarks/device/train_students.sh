@@ -7,6 +7,9 @@
 # RUNS replaces the four runs below ("name=options;name=options"), EXTRA adds options to every run:
 #   RUNS="kd-wide-s41=--model wide --seed 41;kd-wide-rs-s42=--model wide --seed 42 --realistic-stills 0.3" \
 #   EXTRA="--distill-weight 0.7" bash benchmarks/device/train_students.sh 120 560
+# The SGD recipe of published single networks (untried at scale; `fer train --help`), e.g.:
+#   RUNS="sgd-wide-s61=--model wide --seed 61 --optimizer sgd --schedule plateau --holdout 0.1 --lr 0.01" \
+#   bash benchmarks/device/train_students.sh 150 560
 set -u
 EPOCHS=${1:-80}
 BUDGET=${2:-420}
