@@ -78,6 +78,13 @@ class IoUTracker:
         self.confident_score = confident_score  # a refined face scoring this is as sure as a detection
         self._tracks: list[_Track] = []
         self._next_id = 1
+        self._frame: int | None = None  # the frame of the current round, and of the round before it
+        self._previous_frame: int | None = None
+
+    def _round(self, frame_index: int) -> None:
+        """Note the frame a round is on (a keyframe has two: `update`, then `recover`)."""
+        if frame_index != self._frame:
+            self._previous_frame, self._frame = self._frame, frame_index
 
     def _assign(self, frame_index: int, boxes: np.ndarray, claimed: dict[int, int]) -> dict[int, _Track]:
         """Detection index -> live track: the `claimed` pairs (detection index -> track id) first,
@@ -107,6 +114,7 @@ class IoUTracker:
     def update(self, frame_index: int, frame: Faces, claimed: dict[int, int] | None = None) -> Faces:
         """Match the detections of one frame; returns them with track ids, ordered by track id.
         `claimed` (detection index -> track id) assigns those pairs before the overlaps are matched."""
+        self._round(frame_index)
         boxes = frame.boxes.astype(np.float64)
         assignment = self._assign(frame_index, boxes, claimed or {})
         track_ids = np.empty(len(frame), np.int32)
@@ -161,7 +169,8 @@ class IoUTracker:
     def update_tracks(self, frame_index: int, frame: Faces) -> Faces:
         """A round where each face already names its track (boxes refined from the predictions):
         those tracks move on, the others miss. Of two faces that landed on one person, the more
-        confident keeps its track. Returns the kept faces, ordered by track id."""
+        confident keeps its track (`_move_named`). Returns the kept faces, ordered by track id."""
+        self._round(frame_index)
         kept = self._move_named(frame_index, frame)
         moved = set(kept.track_id.tolist())
         for track in self._tracks:
@@ -173,14 +182,19 @@ class IoUTracker:
     def recover(self, frame_index: int, frame: Faces) -> Faces:
         """Faces of tracks a keyframe's detector missed, found by refining their predicted boxes
         (each face names its track): those tracks move on and their miss of this round is
-        forgiven. Of two faces that landed on one person, the more confident keeps its track.
-        Returns the kept faces, ordered by track id."""
+        forgiven. Of two faces that landed on one person, the more confident keeps its track
+        (`_move_named`). Returns the kept faces, ordered by track id."""
+        self._round(frame_index)
         return self._move_named(frame_index, frame)
 
     def _move_named(self, frame_index: int, frame: Faces) -> Faces:
-        """Move each face's named track to it, the more confident of two overlapping faces (IoU >= 0.5)
-        only; returns the faces kept, ordered by track id."""
-        order = np.argsort(-frame.det_score, kind="stable")
+        """Move each face's named track to it; of two overlapping faces (IoU >= 0.5) only one: that of
+        a track that had its face on the round before over that of a track back from a gap (which
+        has drifted onto a neighbour's face: a face covered by a nearer person, whose track goes on),
+        else the more confident. Returns the faces kept, ordered by track id."""
+        by_id = {track.track_id: track for track in self._tracks}
+        back = np.array([by_id[int(track_id)].last_frame != self._previous_frame for track_id in frame.track_id], bool)
+        order = np.lexsort((-frame.det_score, back))  # unbroken tracks first, then by score (stable)
         boxes = frame.boxes[order].astype(np.float64)
         overlaps = box_iou(boxes, boxes)
         kept_positions: list[int] = []
@@ -188,7 +202,6 @@ class IoUTracker:
             if all(overlaps[position, other] < 0.5 for other in kept_positions):
                 kept_positions.append(position)
         kept = order[kept_positions].tolist()
-        by_id = {track.track_id: track for track in self._tracks}
         for row in kept:
             score = float(frame.det_score[row])
             by_id[int(frame.track_id[row])].move(

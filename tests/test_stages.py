@@ -467,6 +467,23 @@ def test_a_track_refined_onto_a_detected_face_does_not_take_its_id(tmp_path, med
     assert neighbour.sum() >= 10 and len(set(faces.track_id[neighbour])) == 1
 
 
+def test_a_track_back_from_a_gap_does_not_take_the_face_an_unbroken_track_follows(tmp_path, media_dir, annotator):
+    """The crowd clip mirrored, its first 43 frames: from frame 26 a 59-px face is covered by a
+    nearer person whose 90-px face has a track of its own. The first track's refined box drifts
+    onto the nearer face, loses it for three frames, and comes back at 1.0 on the nearer face,
+    where the nearer face's own track lands at 1.0 too. The track that followed its face without
+    a break keeps it: one track on the nearer face on frames 20-42 (the two tracks took turns
+    there, a row a frame each, on frames 33-39)."""
+    from fer_batch.tracking import box_sizes
+
+    source = _lossless_crowd_copy(media_dir, tmp_path / "mirrored.avi", lambda frames: [bgr[:, ::-1] for bgr in frames[:43]])
+    faces = _tracked(annotator, source, RunOptions(detect_every=5, detect_batch=2, small_faces_every=5))
+    near = ((faces.frame_index >= 20) & (faces.boxes[:, 0] > 820) & (faces.boxes[:, 0] < 900)
+            & (box_sizes(faces.boxes.astype(float)) > 70))
+    assert sorted(faces.frame_index[near].tolist()) == list(range(20, 43))  # a row on every frame, one a frame
+    assert len(set(faces.track_id[near].tolist())) == 1
+
+
 def test_a_face_that_moves_past_its_box_in_a_frame_keeps_one_track(tmp_path, media_dir, annotator, monkeypatch):
     """The crowd clip played backwards at 640x360 (frames 40 back to 25), the detector on every
     frame: a 29-px-wide face enters at frame 6 here and crosses 12-16 px a frame, so its detection
