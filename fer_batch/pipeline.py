@@ -46,7 +46,7 @@ from fer_batch.results import RunMetadata
 from fer_batch.runtime import configure_threads, detection_workers, downstream_threads, resolve_device
 from fer_batch.statistics import ErrorRecord, RunStatistics, RunSummary
 from fer_batch.temporal import backward_for, look_ahead_end, smooth
-from fer_batch.tracking import IoUTracker, box_iou, box_sizes
+from fer_batch.tracking import IoUTracker, box_iou, box_sizes, greedy_pairs
 
 
 # -- events ---------------------------------------------------------------------------
@@ -403,12 +403,8 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
             unbroken = tracker.last_frames(refined.track_id) == previous_frame
             overlaps = box_iou(refined.boxes.astype(np.float64), detected.boxes[free].astype(np.float64))
             overlaps[~unbroken] = 0.0
-            for flat in np.argsort(-overlaps, axis=None):
-                row, column = np.unravel_index(flat, overlaps.shape)
-                if overlaps[row, column] < defaults.CLAIM_IOU:
-                    break
-                if int(free[column]) not in claims and int(refined.track_id[row]) not in claims.values():
-                    claims[int(free[column])] = int(refined.track_id[row])
+            for row, column in greedy_pairs(overlaps, defaults.CLAIM_IOU):
+                claims[int(free[column])] = int(refined.track_id[row])
         faces = tracker.update(frame.index, detected, claims)
         live_ids, _ = tracker.predictions(frame.index)
         refined = refined.select(np.isin(refined.track_id, live_ids) & ~np.isin(refined.track_id, list(claims.values())))

@@ -14,6 +14,7 @@ grown past `defaults.MAX_REFINED_GROWTH`). One tracker per video.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,23 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, intersection / np.maximum(union, 1e-9), 0.0)
 
 
+def greedy_pairs(scores: np.ndarray, minimum: float, rows_taken: Iterable[int] = (),
+                 columns_taken: Iterable[int] = ()) -> list[tuple[int, int]]:
+    """(row, column) pairs of a score matrix, best score first, each row and column at most once
+    (and none already taken), down to `minimum`: the tracker's matching and the claims."""
+    rows, columns, pairs = set(rows_taken), set(columns_taken), []
+    for flat in np.argsort(-scores, axis=None):
+        row, column = (int(index) for index in np.unravel_index(flat, scores.shape))
+        if scores[row, column] < minimum:
+            break
+        if row in rows or column in columns:
+            continue
+        rows.add(row)
+        columns.add(column)
+        pairs.append((row, column))
+    return pairs
+
+
 class IoUTracker:
     def __init__(self, track_iou: float = defaults.TRACK_IOU, max_missed: int = defaults.MAX_MISSED,
                  confident_score: float = defaults.THRESHOLD) -> None:
@@ -92,17 +110,11 @@ class IoUTracker:
         live = list(self._tracks)
         by_id = {track.track_id: track for track in live}
         assignment = {detection: by_id[track_id] for detection, track_id in claimed.items()}
-        taken = {id(track) for track in assignment.values()}
+        claimed_tracks = {index for index, track in enumerate(live) if track.track_id in claimed.values()}
         predicted = np.array([track.predicted_box(frame_index) for track in live]).reshape(-1, 4)
-        overlaps = box_iou(predicted, boxes)
-        for flat in np.argsort(-overlaps, axis=None):
-            track_index, detection_index = np.unravel_index(flat, overlaps.shape)
-            if overlaps[track_index, detection_index] < self.track_iou:
-                break
-            if id(live[track_index]) in taken or detection_index in assignment:
-                continue
-            taken.add(id(live[track_index]))
-            assignment[int(detection_index)] = live[track_index]
+        for track_index, detection_index in greedy_pairs(box_iou(predicted, boxes), self.track_iou,
+                                                         claimed_tracks, set(claimed)):
+            assignment[detection_index] = live[track_index]
         return assignment
 
     def matched(self, frame_index: int, frame: Faces) -> np.ndarray:
