@@ -543,6 +543,10 @@ def test_sgd_on_plateaus_cuts_the_rate_when_the_held_out_accuracy_stalls_and_res
     assert group["weight_decay"] == 5e-4  # SGD's default L2, not AdamW's decoupled 0.05
     assert state["training_config"]["holdout"] == 0.25
 
+    adamw = Trainer(TrainConfig(out_dir=str(tmp_path / "adamw"), **{**common, "optimizer": "adamw"}), log=lambda _: None)
+    adamw._start_stage("frame")  # the schedule does not choose the optimiser
+    assert isinstance(adamw.optimizer, torch.optim.AdamW) and adamw.optimizer.param_groups[0]["weight_decay"] == 0.05
+
     refused = runner.invoke(app, ["train", "--data", str(fer_dir), "--out", str(tmp_path / "bad"), "--small",
                                   "--schedule", "plateau", "--quiet"])
     assert refused.exit_code != 0 and "--holdout" in refused.output

@@ -38,11 +38,11 @@ from fer_batch.training.metrics import classification_report
 # A tiny network for smoke runs and tests (`fer train --small`).
 SMALL_MODEL = MODEL_PRESETS["small"]
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
-# The CNN stage's optimiser and learning-rate schedule (the GRU stage always runs AdamW on one cycle):
-# AdamW on one cycle, the recipe of the shipped networks; or SGD with Nesterov momentum, its rate cut
-# by `plateau_factor` whenever the accuracy on a slice of the training set held out from training
-# (`holdout`) has not risen for `plateau_patience` epochs, the recipe of published single networks
-# that reach 73 % on FER2013 (PublicTest still only chooses the best epoch; it steers nothing).
+# The CNN stage's optimiser and learning-rate schedule, chosen apart (the GRU stage always runs AdamW
+# on one cycle): AdamW on one cycle, the recipe of the shipped networks; or SGD with Nesterov momentum,
+# its rate cut by `plateau_factor` whenever the accuracy on a slice of the training set held out from
+# training (`holdout`) has not risen for `plateau_patience` epochs, the recipe of published single
+# networks that reach 73 % on FER2013 (PublicTest still only chooses the best epoch; it steers nothing).
 OPTIMIZER_CHOICES = ("adamw", "sgd")
 SCHEDULE_CHOICES = ("onecycle", "plateau")
 SGD_MOMENTUM = 0.9
@@ -288,18 +288,16 @@ class Trainer:
             for parameter in parameters:
                 parameter.requires_grad_(True)
             epochs = self.config.temporal_epochs
-        if self._on_plateau_recipe():
-            self.optimizer = torch.optim.SGD(parameters, lr=self.config.learning_rate, momentum=SGD_MOMENTUM,
-                                             nesterov=True, weight_decay=self._weight_decay())
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, mode="max", factor=self.config.plateau_factor, patience=self.config.plateau_patience)
-            return
         if stage == "frame" and self.config.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(parameters, lr=self.config.learning_rate, momentum=SGD_MOMENTUM,
                                              nesterov=True, weight_decay=self._weight_decay())
         else:
             self.optimizer = torch.optim.AdamW(parameters, lr=self.config.learning_rate, weight_decay=(
                 self._weight_decay() if stage == "frame" else WEIGHT_DECAY["adamw"]))
+        if self._on_plateau_recipe():
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="max", factor=self.config.plateau_factor, patience=self.config.plateau_patience)
+            return
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer,
             max_lr=self.config.learning_rate if stage == "frame" else self.config.learning_rate / 3,
