@@ -340,8 +340,6 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
     refine_threshold = min(options.threshold, defaults.REFINE_THRESHOLD)
     trace_threshold = min(options.threshold, defaults.TRACE_THRESHOLD)
 
-    previous_frame: int | None = None  # the video's last annotated frame before the one being tracked
-
     def refined_tracks(frame: Frame, source: MediaSource, only_missing: bool, skip: np.ndarray | None = None) -> Faces:
         """Live tracks' predicted boxes on `frame` (with `only_missing`, those of tracks with no face
         there yet) refined by O-Net, under their track ids; those that score the refine threshold
@@ -356,7 +354,7 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
             wanted = ~np.isin(track_ids, skip)
             track_ids, predicted = track_ids[wanted], predicted[wanted]
         refined = refine(frame, predicted, source.relative, source.media_type).replace(track_id=track_ids)
-        unbroken = tracker.last_frames(track_ids) == previous_frame
+        unbroken = tracker.unbroken(track_ids, frame.index)
         grown = box_sizes(refined.boxes) > defaults.MAX_REFINED_GROWTH * tracker.confident_sizes(track_ids)
         return refined.select((refined.det_score >= np.where(unbroken, refine_threshold, options.threshold)) & ~grown)
 
@@ -400,14 +398,13 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
         claims: dict[int, int] = {}
         free = np.flatnonzero(matched == 0)
         if len(refined) and len(free):
-            unbroken = tracker.last_frames(refined.track_id) == previous_frame
+            unbroken = tracker.unbroken(refined.track_id, frame.index)
             overlaps = box_iou(refined.boxes.astype(np.float64), detected.boxes[free].astype(np.float64))
             overlaps[~unbroken] = 0.0
             for row, column in greedy_pairs(overlaps, defaults.CLAIM_IOU):
                 claims[int(free[column])] = int(refined.track_id[row])
         faces = tracker.update(frame.index, detected, claims)
-        live_ids, _ = tracker.predictions(frame.index)
-        refined = refined.select(np.isin(refined.track_id, live_ids) & ~np.isin(refined.track_id, list(claims.values())))
+        refined = refined.select(np.isin(refined.track_id, tracker.live_ids()) & ~np.isin(refined.track_id, list(claims.values())))
         keep = np.ones(len(refined), bool)
         if len(faces) and len(refined):  # not on a face the detector found: the track drifted onto another
             # person, whose track it would take over on the next keyframe (overlapping as a track match does)
@@ -462,14 +459,13 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
                 faces_of[position] = both.select(np.argsort(both.track_id, kind="stable"))
 
     def track(batch: FrameBatch) -> tuple[FrameBatch, list[Faces]]:
-        nonlocal previous_frame
         detections = batch.faces
         candidates = batch.candidates if batch.candidates is not None else Faces.empty(batch.run.source.relative, "video")
         per_frame: list[Faces] = []
         for position, (frame, detected) in enumerate(zip(batch.frames, batch.detect)):
             if detected:
                 first_new_id = tracker.next_id
-                live_ids, _ = tracker.predictions(frame.index)
+                live_ids = tracker.live_ids()
                 last_seen = dict(zip(live_ids.tolist(), tracker.last_frames(live_ids).tolist()))
                 faces = keyframe_faces(frame, detections.select(detections.frame_index == frame.index),
                                        candidates.select(candidates.frame_index == frame.index), batch.run.source)
@@ -477,6 +473,7 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
                 # are followed back (the second over those frames only): from the detector's evidence,
                 # as far as O-Net still sees the face. A track refinement recovers is not.
                 stops = np.array([last_seen.get(int(track_id), -1) for track_id in faces.track_id], np.int64)
+                previous_frame = tracker.round_before(frame.index)
                 lost = (stops >= 0) & (stops < (previous_frame if previous_frame is not None else -1)) & faces.detected
                 back = (faces.track_id >= first_new_id) | lost
                 if back.any():  # newest first: this batch's frames before the keyframe, then the held batches'
@@ -487,7 +484,6 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
             else:
                 faces = refined_faces(frame, batch.run.source)
             per_frame.append(faces)
-            previous_frame = frame.index
         return batch, per_frame
 
     def passed_on(batch: FrameBatch, per_frame: list[Faces]) -> FrameBatch:
@@ -518,7 +514,7 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
             continue
         yield from release(0)  # a source's end, or the next source's start
         if isinstance(event, SourceStarted):
-            tracker, previous_frame = IoUTracker(options.track_iou, options.max_missed, options.threshold), None
+            tracker = IoUTracker(options.track_iou, options.max_missed, options.threshold)
         yield event
 
 

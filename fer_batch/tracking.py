@@ -104,6 +104,17 @@ class IoUTracker:
         if frame_index != self._frame:
             self._previous_frame, self._frame = self._frame, frame_index
 
+    def round_before(self, frame_index: int) -> int | None:
+        """The frame of the round before the one on `frame_index`, whether that round has begun
+        or not: every annotated frame of a video is a round, so this is the annotated frame before
+        `frame_index` (None on the video's first)."""
+        return self._previous_frame if frame_index == self._frame else self._frame
+
+    def unbroken(self, track_ids: np.ndarray, frame_index: int) -> np.ndarray:
+        """(M,) whether each named live track had its face on the annotated frame before
+        `frame_index`: followed without a break, not back from a gap."""
+        return self.last_frames(track_ids) == self.round_before(frame_index)
+
     def _assign(self, frame_index: int, boxes: np.ndarray, claimed: dict[int, int]) -> dict[int, _Track]:
         """Detection index -> live track: the `claimed` pairs (detection index -> track id) first,
         then the rest by overlap with the tracks' predicted boxes, best first, at `track_iou` or more."""
@@ -167,6 +178,10 @@ class IoUTracker:
         boxes = np.array([track.predicted_box(frame_index) for track in live], np.float64).reshape(-1, 4)
         return np.array([track.track_id for track in live], np.int32), boxes
 
+    def live_ids(self) -> np.ndarray:
+        """(M,) the ids of the live tracks, in order."""
+        return np.array(sorted(track.track_id for track in self._tracks), np.int32)
+
     def last_frames(self, track_ids: np.ndarray) -> np.ndarray:
         """(M,) the frame of each named live track's last face."""
         by_id = {track.track_id: track.last_frame for track in self._tracks}
@@ -205,7 +220,7 @@ class IoUTracker:
         has drifted onto a neighbour's face: a face covered by a nearer person, whose track goes on),
         else the more confident. Returns the faces kept, ordered by track id."""
         by_id = {track.track_id: track for track in self._tracks}
-        back = np.array([by_id[int(track_id)].last_frame != self._previous_frame for track_id in frame.track_id], bool)
+        back = ~self.unbroken(frame.track_id, frame_index)
         order = np.lexsort((-frame.det_score, back))  # unbroken tracks first, then by score (stable)
         boxes = frame.boxes[order].astype(np.float64)
         overlaps = box_iou(boxes, boxes)

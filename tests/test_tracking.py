@@ -116,6 +116,24 @@ def test_a_claimed_detection_goes_to_its_track_before_overlaps_are_matched():
     assert sorted(unclaimed.update(1, moved).track_id.tolist()) == [2, 3]  # without the claim, a new track
 
 
+def test_a_track_is_unbroken_when_it_had_its_face_on_the_annotated_frame_before():
+    """The tracker is the one record of "the annotated frame before": before a round on a frame has
+    begun and after (a keyframe's refinement reads it before `update`, the tie-break after), with
+    frames skipped between annotated frames (sampling), and anew for the ids it names."""
+    tracker = IoUTracker(max_missed=3)
+    assert tracker.round_before(0) is None
+    tracker.update(0, _frame(0, [(100, 100), (400, 100)]))
+    assert tracker.round_before(0) is None and tracker.round_before(4) == 0
+    tracker.update(4, _frame(4, [(100, 100)]))  # the second face is missed on frame 4
+    assert tracker.round_before(8) == 4 and tracker.round_before(4) == 0
+    assert tracker.live_ids().tolist() == [1, 2]
+    assert tracker.unbroken(np.array([1, 2]), 8).tolist() == [True, False]
+    tracker.update(8, _frame(8, [(400, 100)]))  # now the first face is missed, the second is back
+    # during frame 8's round (a keyframe's `recover` comes after its `update`): frame 4 is the one before
+    assert tracker.unbroken(np.array([1]), 8).tolist() == [True]
+    assert tracker.unbroken(np.array([2, 1]), 12).tolist() == [True, False]
+
+
 def test_a_prediction_moves_the_box_and_keeps_its_size():
     """A face moving right while its boxes grow: the prediction moves the centre on at the track's
     velocity but keeps the last size (extrapolated, refinement's size noise grew boxes until O-Net
