@@ -307,12 +307,11 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
     `refine` (MTCNN's last stage) turns each live track's predicted box into a real box, landmarks
     and score, and tracks that score under `defaults.REFINE_THRESHOLD` (or `threshold`, if lower)
     miss; a track that had no face on the previous frame needs `threshold` to come back; a refined
-    box larger than `defaults.MAX_REFINED_GROWTH` times the track's last confident face (a detection,
-    or a refined box scoring `threshold`) is not its face (O-Net drifted onto a turned head or a
-    passer-by) and the track misses. On a
-    keyframe the tracks the detector missed are refined the same way, so a face whose detector
-    score dips under `threshold` for a frame keeps its row. In an image each face is its
-    own track, numbered left to right.
+    box larger than `defaults.MAX_REFINED_GROWTH` times the track's last detection is not its face
+    (O-Net drifted onto a turned head, hair or a passer-by) and the track misses. On a keyframe the
+    tracks the detector missed are refined the same way, so a face whose detector score dips under
+    `threshold` for a frame keeps its row. In an image each face is its own track, numbered left to
+    right.
 
     On a keyframe, a live track that no detection overlaps (`track_iou`) and that had its face on
     the frame before is refined first; where its refined box overlaps a detection that no track
@@ -335,7 +334,7 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
     `defaults.CANDIDATE_CONFIRM` (or `threshold`, if higher) are new faces like the detections
     (their rows: `detected` False).
     """
-    tracker = IoUTracker(options.track_iou, options.max_missed, options.threshold)
+    tracker = IoUTracker(options.track_iou, options.max_missed)
 
     refine_threshold = min(options.threshold, defaults.REFINE_THRESHOLD)
     trace_threshold = min(options.threshold, defaults.TRACE_THRESHOLD)
@@ -355,7 +354,7 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
             track_ids, predicted = track_ids[wanted], predicted[wanted]
         refined = refine(frame, predicted, source.relative, source.media_type).replace(track_id=track_ids)
         unbroken = tracker.unbroken(track_ids, frame.index)
-        grown = box_sizes(refined.boxes) > defaults.MAX_REFINED_GROWTH * tracker.confident_sizes(track_ids)
+        grown = box_sizes(refined.boxes) > defaults.MAX_REFINED_GROWTH * tracker.detected_sizes(track_ids)
         return refined.select((refined.det_score >= np.where(unbroken, refine_threshold, options.threshold)) & ~grown)
 
     def refined_faces(frame: Frame, source: MediaSource) -> Faces:
@@ -426,9 +425,8 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
         -1, the default: as far as `earlier` goes), as tracks are followed forwards: O-Net refines
         each face at its box on the frame after, moved back at the face's own velocity, and the
         face is there while it scores `trace_threshold`, is no larger than
-        `defaults.MAX_REFINED_GROWTH` times its last confident face (the detection, or a found box
-        scoring `threshold`), and is not on a face that frame already has. Its rows join that
-        frame's faces under its track's id."""
+        `defaults.MAX_REFINED_GROWTH` times the detection it is followed back from, and is not on
+        a face that frame already has. Its rows join that frame's faces under its track's id."""
         boxes, track_ids = new.boxes.astype(np.float64), new.track_id
         largest = defaults.MAX_REFINED_GROWTH * box_sizes(boxes)
         velocity = np.zeros_like(boxes)
@@ -450,8 +448,6 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
                 if keep[first] and keep[second]:
                     keep[first if found.det_score[first] < found.det_score[second] else second] = False
             velocity = (0.5 * velocity + 0.5 * (boxes - found_boxes))[keep]
-            confident = found.det_score >= options.threshold
-            largest = np.where(confident, defaults.MAX_REFINED_GROWTH * box_sizes(found_boxes), largest)
             boxes, track_ids, largest, found = found_boxes[keep], track_ids[keep], largest[keep], found.select(keep)
             stops = stops[keep]
             if len(found):
@@ -514,7 +510,7 @@ def track_faces(events: Iterable[Event], options: RunOptions, refine: Refiner,
             continue
         yield from release(0)  # a source's end, or the next source's start
         if isinstance(event, SourceStarted):
-            tracker = IoUTracker(options.track_iou, options.max_missed, options.threshold)
+            tracker = IoUTracker(options.track_iou, options.max_missed)
         yield event
 
 

@@ -7,9 +7,10 @@ match, so a face hidden for a moment keeps its id. Between detector keyframes
 (detect-every-k), each live track's predicted box is refined by MTCNN's last stage and the
 track moves on with the refined box (`predictions` and `update_tracks`); on a keyframe, the
 tracks the detector missed are refined the same way (`predictions(only_missing=True)` and
-`recover`). Each track keeps the size of its last confident face (a detection, or a refined box
-scoring as one), which refined boxes are held to (`confident_sizes`; the pipeline drops those
-grown past `defaults.MAX_REFINED_GROWTH`). One tracker per video.
+`recover`). Each track keeps the size of its last detection, which refined boxes are held to
+(`detected_sizes`; the pipeline drops those grown past `defaults.MAX_REFINED_GROWTH`): a refined
+box, however high O-Net scores it, does not set it, since O-Net's box drifts by a few per cent a
+frame onto hair or a passer-by at 0.9-1.0. One tracker per video.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class _Track:
     landmarks: np.ndarray  # (5, 2) float32
     score: float
     last_frame: int
-    confident_size: float  # `box_sizes` of its last detection or refined box scoring the confident score
+    detected_size: float  # `box_sizes` of its last detection (a keyframe's face matched by `update`)
     missed: int = 0
 
     def predicted_box(self, frame_index: int) -> np.ndarray:
@@ -41,15 +42,15 @@ class _Track:
         shift = (self.velocity[:2] + self.velocity[2:]) / 2 * (frame_index - self.last_frame)
         return self.box + np.tile(shift, 2)
 
-    def move(self, frame_index: int, box: np.ndarray, landmarks: np.ndarray, score: float, confident: bool) -> None:
+    def move(self, frame_index: int, box: np.ndarray, landmarks: np.ndarray, score: float, detected: bool) -> None:
         """The track's face on `frame_index`: its velocity follows, its misses are cleared; a
-        `confident` face (a detection, or a refined box scoring as one) sets its size."""
+        `detected` face sets its size."""
         elapsed = max(1, frame_index - self.last_frame)
         self.velocity = 0.5 * self.velocity + 0.5 * (box - self.box) / elapsed
         self.box, self.landmarks, self.score = box, landmarks, score
         self.last_frame, self.missed = frame_index, 0
-        if confident:
-            self.confident_size = float(box_sizes(box[None])[0])
+        if detected:
+            self.detected_size = float(box_sizes(box[None])[0])
 
 
 def box_sizes(boxes: np.ndarray) -> np.ndarray:
@@ -89,11 +90,9 @@ def greedy_pairs(scores: np.ndarray, minimum: float, rows_taken: Iterable[int] =
 
 
 class IoUTracker:
-    def __init__(self, track_iou: float = defaults.TRACK_IOU, max_missed: int = defaults.MAX_MISSED,
-                 confident_score: float = defaults.THRESHOLD) -> None:
+    def __init__(self, track_iou: float = defaults.TRACK_IOU, max_missed: int = defaults.MAX_MISSED) -> None:
         self.track_iou = track_iou
         self.max_missed = max_missed
-        self.confident_score = confident_score  # a refined face scoring this is as sure as a detection
         self._tracks: list[_Track] = []
         self._next_id = 1
         self._frame: int | None = None  # the frame of the current round, and of the round before it
@@ -148,7 +147,7 @@ class IoUTracker:
             if track is None:
                 track = self._start(box, landmarks, score, frame_index)
             else:
-                track.move(frame_index, box, landmarks, score, confident=True)
+                track.move(frame_index, box, landmarks, score, detected=True)
             track_ids[detection_index] = track.track_id
         for track in self._tracks:
             if track.last_frame != frame_index:
@@ -187,10 +186,9 @@ class IoUTracker:
         by_id = {track.track_id: track.last_frame for track in self._tracks}
         return np.array([by_id[int(track_id)] for track_id in track_ids], np.int64)
 
-    def confident_sizes(self, track_ids: np.ndarray) -> np.ndarray:
-        """(M,) the size (`box_sizes`) of each named live track's last confident face: its last
-        detection, or a later refined box that scored `confident_score`."""
-        by_id = {track.track_id: track.confident_size for track in self._tracks}
+    def detected_sizes(self, track_ids: np.ndarray) -> np.ndarray:
+        """(M,) the size (`box_sizes`) of each named live track's last detection."""
+        by_id = {track.track_id: track.detected_size for track in self._tracks}
         return np.array([by_id[int(track_id)] for track_id in track_ids], np.float64)
 
     def update_tracks(self, frame_index: int, frame: Faces) -> Faces:
@@ -230,9 +228,7 @@ class IoUTracker:
                 kept_positions.append(position)
         kept = order[kept_positions].tolist()
         for row in kept:
-            score = float(frame.det_score[row])
-            by_id[int(frame.track_id[row])].move(
-                frame_index, frame.boxes[row].astype(np.float64), frame.landmarks[row], score, score >= self.confident_score
-            )
+            by_id[int(frame.track_id[row])].move(frame_index, frame.boxes[row].astype(np.float64), frame.landmarks[row],
+                                                 float(frame.det_score[row]), detected=False)
         result = frame.select(np.array(sorted(kept), np.int64))
         return result.select(np.argsort(result.track_id, kind="stable"))
