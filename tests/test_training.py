@@ -367,6 +367,27 @@ def test_bf16_run_with_sparse_evaluation_keeps_fp32_weights_and_scores_the_last_
     assert torch.load(out / "last.pt", weights_only=False)["epoch"] == 5
 
 
+def test_a_run_stopped_before_its_first_scored_epoch_says_so_and_resumes(fer_dir, tmp_path):
+    """`--stop-after` before the first epoch PublicTest scores (`--eval-every`): the run stops
+    cleanly with its last checkpoint and no best one (it ended in a traceback, looking for best.pt),
+    and `--resume` carries it on to the end, where the best epoch is chosen as usual."""
+    out = tmp_path / "run"
+    common = ["train", "--data", str(fer_dir), "--out", str(out), "--model", "small", "--epochs", "5",
+              "--temporal-epochs", "0", "--eval-every", "4", "--limit-train", "256", "--limit-test", "64",
+              "--batch-size", "64", "--device", "cpu"]
+    first = runner.invoke(app, [*common, "--stop-after", "1"])
+    assert first.exit_code == 0, first.output
+    assert "stopped after epoch 1" in first.output and "--resume" in first.output
+    assert (out / "last.pt").is_file() and not (out / "best.pt").exists()
+    second = runner.invoke(app, [*common, "--resume"])
+    assert second.exit_code == 0, second.output
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics.epoch.tolist() == [1, 2, 3, 4, 5]
+    assert metrics.test_accuracy.notna().tolist() == [False, False, False, True, True]
+    assert torch.load(out / "best.pt", weights_only=False)["epoch"] in (4, 5)
+    assert "best checkpoint" in second.output
+
+
 def test_train_refuses_an_unknown_model_preset(fer_dir, tmp_path):
     result = runner.invoke(app, ["train", "--data", str(fer_dir), "--out", str(tmp_path / "run"), "--model", "huge"])
     assert result.exit_code == 2

@@ -309,7 +309,11 @@ def train(
         result = run_training(config, resume=resume, show_progress=not quiet, log=console.print, stop_after=stop_after)
     except (DatasetError, ValueError) as error:
         raise _fail(str(error))
-    console.print(f"best checkpoint {result.best_checkpoint} (PublicTest accuracy {result.best_test_accuracy:.4f})")
+    if result.best_checkpoint is None:
+        console.print(f"stopped after epoch {result.epochs_done}, before any epoch was scored on PublicTest (--eval-every "
+                      f"{eval_every}); the run goes on from {result.last_checkpoint} with --resume")
+    else:
+        console.print(f"best checkpoint {result.best_checkpoint} (PublicTest accuracy {result.best_test_accuracy:.4f})")
 
 
 @app.command()

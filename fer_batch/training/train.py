@@ -100,10 +100,11 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    best_checkpoint: Path
+    best_checkpoint: Path | None  # None while no epoch has been scored on PublicTest (a run stopped early)
     last_checkpoint: Path
     metrics_csv: Path
-    best_test_accuracy: float
+    best_test_accuracy: float | None
+    epochs_done: int
 
 
 def _seed_everything(seed: int) -> torch.Generator:
@@ -574,10 +575,13 @@ class Trainer:
                 f"{metrics['test_accuracy']:.4f} macro-F1 {metrics['test_macro_f1']:.4f} clip acc "
                 f"{metrics.get('clip_accuracy', float('nan')):.4f} | {row['seconds']:.0f}s{' *best*' if improved else ''}"
             )
-        best = read_checkpoint(self.out_dir / "best.pt")
+        best_path = self.out_dir / "best.pt"
+        if not best_path.is_file():  # stopped (--stop-after) before the first epoch PublicTest scores
+            return TrainResult(None, self.out_dir / "last.pt", self.out_dir / "metrics.csv", None, self.epoch)
+        best = read_checkpoint(best_path)
         return TrainResult(
-            self.out_dir / "best.pt", self.out_dir / "last.pt", self.out_dir / "metrics.csv",
-            float(best["metrics"]["test_accuracy"]),
+            best_path, self.out_dir / "last.pt", self.out_dir / "metrics.csv", float(best["metrics"]["test_accuracy"]),
+            self.epoch,
         )
 
 
