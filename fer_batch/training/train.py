@@ -348,12 +348,11 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer_state"])
         saved = payload.get("training_config", {})
         budget_key = "epochs" if self.stage == "frame" else "temporal_epochs"
-        if self._on_plateau_recipe():  # a plateau schedule has no budget to change: its state goes on as saved
-            if payload.get("scheduler_state"):
-                self.scheduler.load_state_dict(payload["scheduler_state"])
-        elif saved.get(budget_key) == getattr(self.config, budget_key) and payload.get("scheduler_state"):
+        # A plateau schedule has no budget to change: its state goes on as saved.
+        same_schedule = self._on_plateau_recipe() or saved.get(budget_key) == getattr(self.config, budget_key)
+        if same_schedule and payload.get("scheduler_state"):
             self.scheduler.load_state_dict(payload["scheduler_state"])
-        else:
+        elif not self._on_plateau_recipe():
             # The epoch budget changed on resume: continue on the new schedule from the current step.
             stage_start = 0 if self.stage == "frame" else self.config.epochs
             self.scheduler.last_epoch = (self.epoch - stage_start) * self._steps_per_epoch() - 1
@@ -576,13 +575,10 @@ class Trainer:
                 f"{metrics.get('clip_accuracy', float('nan')):.4f} | {row['seconds']:.0f}s{' *best*' if improved else ''}"
             )
         best_path = self.out_dir / "best.pt"
-        if not best_path.is_file():  # stopped (--stop-after) before the first epoch PublicTest scores
-            return TrainResult(None, self.out_dir / "last.pt", self.out_dir / "metrics.csv", None, self.epoch)
-        best = read_checkpoint(best_path)
-        return TrainResult(
-            best_path, self.out_dir / "last.pt", self.out_dir / "metrics.csv", float(best["metrics"]["test_accuracy"]),
-            self.epoch,
-        )
+        scored = best_path.is_file()  # not when stopped (--stop-after) before the first epoch PublicTest scores
+        best_accuracy = float(read_checkpoint(best_path)["metrics"]["test_accuracy"]) if scored else None
+        return TrainResult(best_path if scored else None, self.out_dir / "last.pt", self.out_dir / "metrics.csv",
+                           best_accuracy, self.epoch)
 
 
 def train(
