@@ -4,7 +4,7 @@
 # `fer evaluate` on PublicTest (stills and both kinds of clips) in fp32 and int8, through
 # detection (PublicTest faces enlarged 3x), and annotate's "same emotion" on the crowd clip
 # (`annotate_throughput.py --weights W --labels-only`: how the labels hold when keyframes and
-# refinement move the crops, README "Throughput"). Ends with one table, candidate against shipped.
+# refinement move the crops, docs/throughput.md). Ends with one table, candidate against shipped.
 #
 #   bash benchmarks/score_candidate.sh runs/kd-wide-rsmix-s46 [OUT]   # OUT default /tmp/score-<run>
 #   SHIPPED=fer_batch/weights/fer-cnn-gru-video.pt bash benchmarks/score_candidate.sh RUN   # beside the video encoder

@@ -15,7 +15,7 @@ THRESHOLD = 0.90  # final-stage (ONet) face probability
 # First-stage (P-Net) face probability for a candidate window: MTCNN's own 0.6. Higher sends
 # fewer candidates to R-Net and O-Net (0.8: 1.16-1.24x the frames/s of the defaults on the 1080p
 # crowd clip, 1.06-1.12x at 640x360, in three `make benchmark` runs) and finds fewer hard faces:
-# 512 instead of 531 of 600 PublicTest faces enlarged 3x (README "Throughput").
+# 512 instead of 531 of 600 PublicTest faces enlarged 3x (docs/throughput.md).
 PROPOSAL_THRESHOLD = 0.6
 # A video keyframe's detector also reports the faces its O-Net scores from CANDIDATE_THRESHOLD
 # (MTCNN's own final threshold, the fer package's) up to --threshold: one that no track follows is
@@ -24,7 +24,7 @@ PROPOSAL_THRESHOLD = 0.6
 # evidence than one it found (pipeline.track_faces). O-Net at the detector's one box scores some
 # small faces under 0.9 for dozens of frames where refinement gives them 0.95-1.0. On the crowd
 # clip's copies (benchmarks/quality_copies.py), confirming at 0.9 started short tracks on a red
-# sleeve and a collar, over and over with the detector on every frame (README "Throughput").
+# sleeve and a collar, over and over with the detector on every frame (docs/throughput.md).
 CANDIDATE_THRESHOLD = 0.7
 CANDIDATE_CONFIRM = 0.95
 MIN_FACE_SIZE = 20  # pixels of the original frame
@@ -36,7 +36,7 @@ MAX_IMAGE_PIXELS = 200_000_000  # images declaring more are refused before decod
 # CPU every 5th: 1.85x the frames/s of every frame on the 1080p crowd clip (1.3x at 640x360) with
 # every quality target of `make benchmark` held, given the video encoder (VIDEO_WEIGHTS_NAME),
 # whose labels hold when the crops move a little; the photo encoder's do not (93 % "same emotion"
-# at 1080p). On a GPU detection is cheap and batched: every frame (README "Throughput").
+# at 1080p). On a GPU detection is cheap and batched: every frame (docs/throughput.md).
 DETECT_EVERY = {"cpu": 5, "gpu": 1}
 # Frames of one video per detector call, by the kind of device ("cpu" or "gpu"): a CPU runs P-Net
 # one frame at a time anyway, and a window of two 1080p keyframes took 234-245 ms a frame against
@@ -54,7 +54,7 @@ DETECT_BATCH = {"cpu": 2, "gpu": 32}
 # frames/s and held the benchmark's quality columns, but a woman's track then followed her head as
 # she turned away onto a passer-by's face, nineteenth session; with MAX_REFINED_GROWTH it no longer
 # does, but over the crowd clip's copies it finds fewer small faces than every 5th and follows the
-# 640x360 clip in fewer tracks, twentieth session; README "Throughput"). On a GPU those
+# 640x360 clip in fewer tracks, twentieth session; docs/throughput.md). On a GPU those
 # levels cost little and the schedule cost time (1.36x / 1.52x the frames/s with every frame
 # searched at every size, H200): there every detector frame is. The two GPU values were measured
 # one at a time, not together (README "On a GPU").
