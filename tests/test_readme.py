@@ -4,6 +4,8 @@ Python blocks run in order in one namespace, in a folder that holds `videos/` (t
 frames of the shared crowd clip, 640x360) and `photos/` (the shared group photo), on the CPU.
 Every `fer ...` line of a bash/sh block is parsed by the real CLI (unknown flags, bad values
 and missing required options fail); the commands themselves are run by the other tests.
+The README, the model card and docs/ must not point at files that are gone: their local links
+open and the repository files they name exist.
 """
 
 from __future__ import annotations
@@ -75,3 +77,20 @@ def test_fer_commands_parse(arguments):
         command.make_context(arguments[0], arguments[1:])
     except TyperException as error:
         pytest.fail(f"`fer {' '.join(arguments)}`: {error}")
+
+
+# The documents a user reads, and what they point at: a local link must open, and a file the
+# text names in backquotes (a script to run, a module to read) must exist in the repository.
+DOCUMENTS = ("README.md", "fer_batch/weights/README.md", *(f"docs/{path.name}" for path in sorted((REPO / "docs").glob("*.md"))))
+LOCAL_LINK = re.compile(r"\]\((?!https?://)([^)#\s]+)(?:#[^)]*)?\)")
+NAMED_FILE = re.compile(r"`((?:benchmarks|fer_batch|tests|examples|docs|results)/[\w./-]*\.(?:py|sh|md|pt|html|json|csv))`")
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_the_files_a_document_links_or_names_exist(document):
+    path = REPO / document
+    text = path.read_text()
+    broken = [target for target in LOCAL_LINK.findall(text) if not (path.parent / target).exists()]
+    missing = sorted({name for name in NAMED_FILE.findall(text) if not (REPO / name).exists()})
+    assert not broken, f"{document}: links that do not open: {broken}"
+    assert not missing, f"{document}: files named that the repository lacks: {missing}"
