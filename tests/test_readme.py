@@ -2,8 +2,9 @@
 
 Python blocks run in order in one namespace, in a folder that holds `videos/` (the first
 frames of the shared crowd clip, 640x360) and `photos/` (the shared group photo), on the CPU.
-Every `fer ...` line of a bash/sh block is parsed by the real CLI (unknown flags, bad values
-and missing required options fail); the commands themselves are run by the other tests.
+Every `fer ...` line of a shell block, in the README, the model card and docs/, is parsed by the
+real CLI (unknown flags, bad values and missing required options fail); the commands themselves
+are run by the other tests.
 The README, the model card and docs/ must not point at files that are gone: their local links
 open and the repository files they name exist.
 """
@@ -25,8 +26,13 @@ from tests.conftest import REPO
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 
 
-def _blocks(language: set[str]) -> list[str]:
-    return [body for fence, body in BLOCK.findall((REPO / "README.md").read_text()) if fence in language]
+# The documents a user reads: the README, the model card and docs/.
+DOCUMENTS = ("README.md", "fer_batch/weights/README.md", *(f"docs/{path.name}" for path in sorted((REPO / "docs").glob("*.md"))))
+
+
+def _blocks(language: set[str], documents: tuple[str, ...] = ("README.md",)) -> list[str]:
+    return [body for document in documents for fence, body in BLOCK.findall((REPO / document).read_text())
+            if fence in language]
 
 
 @pytest.fixture
@@ -59,12 +65,14 @@ def test_python_blocks_run(readme_folder, capsys):
 
 
 def _fer_commands() -> list[list[str]]:
+    """Every `fer` line of the documents' shell blocks (and unmarked ones, the model card's), with
+    its continuation lines; `[--flag]`, an optional flag in the documents' notation, as the flag."""
     commands = []
-    for block in _blocks({"bash", "sh"}):
-        for line in block.splitlines():
+    for block in _blocks({"bash", "sh", ""}, DOCUMENTS):
+        for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #")[0].strip()
             if line.startswith("fer "):
-                commands.append(shlex.split(line)[1:])
+                commands.append(shlex.split(re.sub(r"\[(--[\w-]+)\]", r"\1", line))[1:])
     return commands
 
 
@@ -79,9 +87,8 @@ def test_fer_commands_parse(arguments):
         pytest.fail(f"`fer {' '.join(arguments)}`: {error}")
 
 
-# The documents a user reads, and what they point at: a local link must open, and a file the
-# text names in backquotes (a script to run, a module to read) must exist in the repository.
-DOCUMENTS = ("README.md", "fer_batch/weights/README.md", *(f"docs/{path.name}" for path in sorted((REPO / "docs").glob("*.md"))))
+# What the documents point at: a local link must open, and a file the text names in backquotes
+# (a script to run, a module to read) must exist in the repository.
 LOCAL_LINK = re.compile(r"\]\((?!https?://)([^)#\s]+)(?:#[^)]*)?\)")
 NAMED_FILE = re.compile(r"`((?:benchmarks|fer_batch|tests|examples|docs|results)/[\w./-]*\.(?:py|sh|md|pt|html|json|csv))`")
 
