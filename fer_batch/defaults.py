@@ -126,6 +126,32 @@ OUTPUT_SUFFIXES = (".parquet", ".csv")
 # annotated in parallel and stitched; each reads a few frames before its cut (see overlap_frames)
 SEGMENT_S = 60.0
 ENGINES = ("local", "ray")
+ENGINE = "local"  # this process; "ray": a Ray cluster
+
+# `fer train` (fer_batch.training.train.TrainConfig) and `fer evaluate`: the recipe of the stage-1
+# networks (the model card's "Recipe"); the shipped ones changed some of these on the command line
+# (the model card's "How it was trained")
+TRAIN_OUT_DIR = "runs/train"
+TRAIN_MODEL = "base"  # fer_batch.model.MODEL_PRESETS
+TRAIN_EPOCHS = 26  # CNN epochs on augmented stills
+TRAIN_TEMPORAL_EPOCHS = 3  # GRU epochs on synthetic clips
+TRAIN_BATCH_SIZE = 128
+TRAIN_LEARNING_RATE = 3e-3  # one-cycle's peak; a plateau schedule's starting rate
+TRAIN_OPTIMIZER = "adamw"
+TRAIN_SCHEDULE = "onecycle"
+TRAIN_HOLDOUT = 0.0  # share of the training images held out and scored every CNN epoch
+TRAIN_PLATEAU_PATIENCE = 5
+TRAIN_PLATEAU_FACTOR = 0.75
+TRAIN_SEED = 0
+TRAIN_PRECISION = "auto"  # fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32
+TRAIN_EVAL_EVERY = 1  # PublicTest every N CNN epochs
+TRAIN_CLIPS_PER_EPOCH = 3000
+TRAIN_MIXUP_ALPHA = 0.0
+TRAIN_REALISTIC_STILLS = 0.0
+TRAIN_TTA_FLIP = True  # flip averaging at evaluation, stored in the checkpoint for annotate
+TRAIN_DISTILL_WEIGHT = 0.5
+TRAIN_DISTILL_TEMPERATURE = 2.0
+EVALUATION_OUT_DIR = Path("results/evaluation")
 
 # `fer serve`: local by default; uploads are bounded in size, type and number waiting
 SERVE_HOST = "127.0.0.1"

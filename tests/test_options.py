@@ -160,3 +160,36 @@ def test_openmp_waits_passively_unless_the_user_chose_otherwise():
 
     assert policy() == "PASSIVE"
     assert policy(OMP_WAIT_POLICY="ACTIVE") == "ACTIVE" and policy(GOMP_SPINCOUNT="5") == "None"
+
+
+def test_fer_train_and_fer_evaluate_without_options_run_their_librarys_defaults(monkeypatch, tmp_path):
+    """`fer train` and `fer evaluate` read their defaults where TrainConfig and evaluate() do
+    (fer_batch.defaults): a command with no options runs exactly what the Python API runs."""
+    import inspect
+
+    from typer.testing import CliRunner
+
+    import fer_batch.training.evaluate as evaluate_module
+    import fer_batch.training.train as train_module
+
+    library_evaluate = inspect.signature(evaluate_module.evaluate).parameters
+    seen = {}
+
+    def fake_train(config, **_):
+        seen["config"] = config
+        return train_module.TrainResult(tmp_path / "best.pt", tmp_path / "last.pt", tmp_path / "metrics.csv", 0.5, 1)
+
+    def fake_evaluate(**kwargs):
+        seen["evaluate"] = kwargs
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setattr(evaluate_module, "evaluate", fake_evaluate)
+    monkeypatch.setattr(evaluate_module, "print_evaluation", lambda *_: None)
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert seen["config"] == train_module.TrainConfig(data=str(tmp_path))
+    result = runner.invoke(app, ["evaluate", "--data", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    passed = {name: value for name, value in seen["evaluate"].items() if name != "data"}
+    assert passed == {name: library_evaluate[name].default for name in passed}

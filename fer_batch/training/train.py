@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from fer_batch import defaults
 from fer_batch.labels import EMOTIONS
 from fer_batch.model import (
     MODEL_PRESETS, EmotionNet, ModelConfig, checkpoint_payload, load_checkpoint, member_weights, read_checkpoint,
@@ -59,37 +60,37 @@ METRIC_COLUMNS = (
 @dataclass
 class TrainConfig:
     data: str
-    out_dir: str = "runs/train"
-    epochs: int = 26  # CNN epochs; 0 with init_from: the GRU stage alone, on that encoder
-    temporal_epochs: int = 3
-    batch_size: int = 128
-    learning_rate: float = 3e-3
+    out_dir: str = defaults.TRAIN_OUT_DIR
+    epochs: int = defaults.TRAIN_EPOCHS  # CNN epochs; 0 with init_from: the GRU stage alone, on that encoder
+    temporal_epochs: int = defaults.TRAIN_TEMPORAL_EPOCHS
+    batch_size: int = defaults.TRAIN_BATCH_SIZE
+    learning_rate: float = defaults.TRAIN_LEARNING_RATE
     weight_decay: float | None = None  # the CNN stage's; None: WEIGHT_DECAY[optimizer] (the GRU stage: AdamW's)
     label_smoothing: float = 0.1
     class_weight_power: float = 0.3  # loss weight per class = (1 / frequency) ** power
-    mixup_alpha: float = 0.0  # mixup on the CNN stage's crops: Beta(alpha, alpha) shares; 0: off
-    clips_per_epoch: int = 3000
+    mixup_alpha: float = defaults.TRAIN_MIXUP_ALPHA  # mixup on the CNN stage's crops: Beta(alpha, alpha) shares; 0: off
+    clips_per_epoch: int = defaults.TRAIN_CLIPS_PER_EPOCH
     clip_length: int = 12
     realistic_clips: bool = False  # the GRU stage trains on clips with real video's shake, blur and artefacts (clips.Realism)
-    realistic_stills: float = 0.0  # share of CNN-stage crops degraded like real detections (clips.degrade_like_detections)
-    seed: int = 0
-    device: str = "auto"
+    realistic_stills: float = defaults.TRAIN_REALISTIC_STILLS  # share of CNN-stage crops degraded like real detections (clips.degrade_like_detections)
+    seed: int = defaults.TRAIN_SEED
+    device: str = defaults.DEVICE
     limit_train: int | None = None  # smoke runs: use only this many training images
     limit_test: int | None = None
     init_from: str | None = None  # start from this checkpoint's weights, on a fresh schedule (fine-tuning)
     init_member: int | None = None  # with an ensemble init_from: which member (1-based) to start from
-    precision: str = "auto"  # auto: fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32
-    tta_flip: bool = True  # flip averaging at evaluation (and stored for annotate); off = half the inference cost
+    precision: str = defaults.TRAIN_PRECISION
+    tta_flip: bool = defaults.TRAIN_TTA_FLIP  # flip averaging at evaluation (and stored for annotate); off = half the inference cost
     teacher: str | None = None  # distil from this checkpoint (e.g. the shipped ensemble) on the same augmented crops
-    distill_weight: float = 0.5  # share of the distillation term in the loss when a teacher is given
-    distill_temperature: float = 2.0
-    eval_every: int = 1  # PublicTest evaluation every N CNN epochs; always in the last fifth and the GRU stage
-    optimizer: str = "adamw"  # the CNN stage's: adamw or sgd (Nesterov momentum); OPTIMIZER_CHOICES
-    schedule: str = "onecycle"  # the CNN stage's: onecycle or plateau (steered by the held-out slice)
-    holdout: float = 0.0  # share of the training images held out of training, scored every CNN epoch
-    plateau_patience: int = 5  # CNN epochs without a better held-out accuracy before the rate is cut
-    plateau_factor: float = 0.75  # the rate's cut on a plateau
-    model: ModelConfig = field(default_factory=ModelConfig)
+    distill_weight: float = defaults.TRAIN_DISTILL_WEIGHT  # share of the distillation term in the loss when a teacher is given
+    distill_temperature: float = defaults.TRAIN_DISTILL_TEMPERATURE
+    eval_every: int = defaults.TRAIN_EVAL_EVERY  # PublicTest evaluation every N CNN epochs; always in the last fifth and the GRU stage
+    optimizer: str = defaults.TRAIN_OPTIMIZER  # the CNN stage's: adamw or sgd (Nesterov momentum); OPTIMIZER_CHOICES
+    schedule: str = defaults.TRAIN_SCHEDULE  # the CNN stage's: onecycle or plateau (steered by the held-out slice)
+    holdout: float = defaults.TRAIN_HOLDOUT  # share of the training images held out of training, scored every CNN epoch
+    plateau_patience: int = defaults.TRAIN_PLATEAU_PATIENCE  # CNN epochs without a better held-out accuracy before the rate is cut
+    plateau_factor: float = defaults.TRAIN_PLATEAU_FACTOR  # the rate's cut on a plateau
+    model: ModelConfig = field(default_factory=lambda: MODEL_PRESETS[defaults.TRAIN_MODEL])
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def to_dict(self) -> dict:
