@@ -349,11 +349,11 @@ class Trainer:
             self.optimizer.load_state_dict(payload["optimizer_state"])
         saved = payload.get("training_config", {})
         budget_key = "epochs" if self.stage == "frame" else "temporal_epochs"
-        # A plateau schedule has no budget to change: its state goes on as saved.
-        same_schedule = self._on_plateau_recipe() or saved.get(budget_key) == getattr(self.config, budget_key)
+        on_plateau = self._on_plateau_recipe()  # a plateau schedule has no budget to change: its state goes on as saved
+        same_schedule = on_plateau or saved.get(budget_key) == getattr(self.config, budget_key)
         if same_schedule and payload.get("scheduler_state"):
             self.scheduler.load_state_dict(payload["scheduler_state"])
-        elif not self._on_plateau_recipe():
+        elif not on_plateau:
             # The epoch budget changed on resume: continue on the new schedule from the current step.
             stage_start = 0 if self.stage == "frame" else self.config.epochs
             self.scheduler.last_epoch = (self.epoch - stage_start) * self._steps_per_epoch() - 1
